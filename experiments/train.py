@@ -8,8 +8,10 @@ Writes to ``--out DIR``:
   split, ``lr``, ``epoch_seconds``, ``wall_seconds``, ``images_per_sec``,
   the spread of the update magnitudes ``update_iqr_octaves`` /
   ``update_within_one_octave`` / ``update_median_log2`` and the pooled
-  histogram ``update_log2_hist`` of ``log2|x_{t+1} - x_t|`` over the epoch
-  from :func:`proxopt.diagnostics.track_update_scales`, and
+  histogram ``update_log2_hist`` over the epoch from
+  :func:`proxopt.diagnostics.track_update_scales` (``update_hist_of``: of the
+  Adam direction ``log2|m_hat / (sqrt(v_hat) + eps)|`` for the Adam aliases,
+  as in the paper, else of the whole step ``log2|x_{t+1} - x_t|``), and
   ``nonfinite_skips`` with ``--skip-nonfinite``);
 - ``summary.json``: final metrics, status, compile time, throughput;
 - ``checkpoint.npz``: the full train state after the last finished epoch.
@@ -274,7 +276,8 @@ def build_optimizer(cfg: dict, steps_per_epoch: int):
 
   def build(learning_rate):
     if name in ALIASES:
-      kw = {} if name.startswith("adam") else {"momentum": cfg["momentum"]}
+      kw = ({"track_direction": cfg["update_hist"]} if name.startswith("adam")
+            else {"momentum": cfg["momentum"]})
       base = getattr(proxopt, name)(learning_rate, wd, **kw)
     else:
       base = proxopt.classic(name, learning_rate, momentum=cfg["momentum"],
@@ -298,7 +301,9 @@ def build_optimizer(cfg: dict, steps_per_epoch: int):
     tx = optax.inject_hyperparams(build)(learning_rate=plateau)
   else:
     tx = build(learning_rate)
-  if cfg["update_hist"]:
+  if cfg["update_hist"] and not name.startswith("adam"):
+    # Adam aliases histogram their Adam direction (track_direction above);
+    # other optimizers histogram the whole step x_{t+1} - x_t.
     tx = proxopt.track_update_scales(tx)
   if cfg["skip_nonfinite"]:
     # Outermost, so a skipped step leaves the histograms untouched as well.
@@ -541,7 +546,9 @@ def run(cfg: dict, log=print) -> dict:
       s = proxopt.update_scale_summary(state.opt_state)
       hist = proxopt.update_scale_histogram(state.opt_state)
       pooled = sum(h["counts"] for h in hist["leaves"].values())
-      row.update(update_iqr_octaves=s.pooled.iqr_octaves,
+      row.update(update_hist_of=("adam_direction" if cfg["optimizer"].startswith("adam")
+                                 and cfg["optimizer"] in ALIASES else "step"),
+                 update_iqr_octaves=s.pooled.iqr_octaves,
                  update_within_one_octave=s.pooled.within_one_octave,
                  update_median_log2=s.pooled.median_log2,
                  update_zero_fraction=s.pooled.zero_fraction,

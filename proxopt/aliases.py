@@ -22,6 +22,11 @@ decays by ``lambda * eta_t`` with ``eta_t = lr_t / alpha`` (``alpha`` defaults
 to a constant ``learning_rate``); see :mod:`proxopt.conventions`. Adam-L2's
 coefficient is the same in every convention.
 
+``track_direction=True`` (Adam aliases) wraps the ``scale_by_adam`` link with
+:func:`proxopt.track_update_scales`, so the state histograms ``log2|d_t|``,
+the Adam direction the paper compares between Adam-L2 and AdamW (Sec. 6);
+read it with :func:`proxopt.update_scale_summary`. The updates are unchanged.
+
 Reference: Zhuang, Liu, Cutkosky, Orabona, TMLR 2022, arXiv 2202.00089;
 Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
 """
@@ -35,6 +40,7 @@ import optax
 
 from proxopt import _checks
 from proxopt.conventions import decoupled_weight_decay_coefficient
+from proxopt.diagnostics import track_update_scales
 from proxopt.proximal import MaskOrFn, ScalarOrSchedule, proximal, with_checked_mask
 from proxopt.regularizers import l2_squared
 
@@ -79,11 +85,14 @@ def _check_common(owner, learning_rate, weight_decay):
     )
 
 
-def _adam(b1, b2, eps, eps_root, mu_dtype, nesterov):
-  return optax.scale_by_adam(
+def _adam(b1, b2, eps, eps_root, mu_dtype, nesterov, track_direction=False):
+  adam = optax.scale_by_adam(
       b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype,
       nesterov=nesterov,
   )
+  # The paper's histograms are of the Adam direction d_t, before the step size
+  # and the decay; only the alias knows where d_t is in its chain.
+  return track_update_scales(adam) if track_direction else adam
 
 
 def _momentum(momentum, nesterov):
@@ -105,6 +114,7 @@ def adam_l2(
     mask: MaskOrFn = None,
     convention: str = "optax",
     alpha: float | None = None,
+    track_direction: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam with an L2 penalty: ``g <- g + wd x``, then Adam, then ``-s_t``.
 
@@ -127,7 +137,7 @@ def adam_l2(
   return _validated(
       optax.chain(
           with_checked_mask(optax.add_decayed_weights(weight_decay), mask, owner),
-          _adam(b1, b2, eps, eps_root, mu_dtype, nesterov),
+          _adam(b1, b2, eps, eps_root, mu_dtype, nesterov, track_direction),
           optax.scale_by_learning_rate(learning_rate),
       ),
       owner,
@@ -147,6 +157,7 @@ def adamw(
     mask: MaskOrFn = None,
     convention: str = "optax",
     alpha: float | None = None,
+    track_direction: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW: ``x <- x - s_t (d_t + wd x)``, ``d_t = m_hat / (sqrt(v_hat) + eps)``.
 
@@ -169,7 +180,7 @@ def adamw(
   )
   return _validated(
       optax.chain(
-          _adam(b1, b2, eps, eps_root, mu_dtype, nesterov),
+          _adam(b1, b2, eps, eps_root, mu_dtype, nesterov, track_direction),
           with_checked_mask(optax.add_decayed_weights(wd), mask, owner),
           optax.scale_by_learning_rate(learning_rate),
       ),
@@ -190,6 +201,7 @@ def adamprox(
     mask: MaskOrFn = None,
     convention: str = "optax",
     alpha: float | None = None,
+    track_direction: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamProx: ``x <- (x - s_t d_t) / (1 + s_t wd)``.
 
@@ -218,7 +230,7 @@ def adamprox(
     )
   return _validated(
       optax.chain(
-          _adam(b1, b2, eps, eps_root, mu_dtype, nesterov),
+          _adam(b1, b2, eps, eps_root, mu_dtype, nesterov, track_direction),
           optax.scale_by_learning_rate(learning_rate),
           proximal(l2_squared(wd), learning_rate, mask=mask),
       ),

@@ -316,3 +316,38 @@ def test_errors():
 def test_empty_histogram_summary_is_nan_not_error():
   s = dg.summarize_histogram(np.zeros(4, int), np.arange(5.0), zeros=3)
   assert s.total == 3 and s.zero_fraction == 1.0 and np.isnan(s.median_log2)
+
+
+@pytest.mark.parametrize("name", ["adam_l2", "adamw", "adamprox"])
+def test_alias_track_direction_histograms_the_adam_direction(name):
+  """track_direction=True: same updates bitwise; counts = NumPy histogram of
+  d_t = m_hat/(sqrt(v_hat)+eps) of the gradient Adam sees (g + wd x for L2)."""
+  rng = np.random.default_rng(5)
+  lr, wd = 1e-2, 0.3
+  params = {"w": jnp.asarray(rng.standard_normal((7, 5)), jnp.float32),
+            "b": jnp.asarray(rng.standard_normal(5), jnp.float32)}
+  plain = getattr(proxopt, name)(lr, wd)
+  tracked = getattr(proxopt, name)(lr, wd, track_direction=True)
+  sp, st = plain.init(params), tracked.init(params)
+  adam = optax.scale_by_adam()
+  sa = adam.init(params)
+  edges = np.linspace(-32, 8, 161).astype(np.float32)
+  want = {k: np.zeros(160, np.int64) for k in params}
+  p1 = p2 = params
+  for _ in range(4):
+    g = jax.tree.map(lambda x: jnp.asarray(
+        rng.standard_normal(x.shape) * 10.0 ** rng.uniform(-5, 1, x.shape), x.dtype), params)
+    seen = jax.tree.map(lambda gi, xi: gi + wd * xi, g, p2) if name == "adam_l2" else g
+    d, sa = adam.update(seen, sa)
+    for k in params:
+      want[k] += _np_hist(d[k], edges)["counts"]
+    u1, sp = plain.update(g, sp, p1)
+    u2, st = tracked.update(g, st, p2)
+    for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
+  leaves = dg.update_scale_histogram(st)["leaves"]
+  assert set(leaves) == {"['w']", "['b']"} or len(leaves) == 2
+  for k in params:
+    got = [v["counts"] for path, v in leaves.items() if k in path]
+    np.testing.assert_array_equal(got[0], want[k])
