@@ -4,10 +4,12 @@ Reads each ``DIR/config.json`` and ``DIR/metrics.jsonl`` (written by
 ``experiments.train``) and draws:
 
 - ``PREFIX_curves.png``: training loss, test accuracy and the spread of the
-  update magnitudes (inter-quartile range of ``log2|x_{t+1} - x_t|``, in
-  octaves) per epoch, one line per run;
-- ``PREFIX_update_hist.png``: the histogram of ``log2|x_{t+1} - x_t|`` over
-  the last epoch of each run (or ``--epoch N``), as a density over octaves:
+  update magnitudes (inter-quartile range of ``log2|u|``, in octaves) per
+  epoch, one line per run;
+- ``PREFIX_update_hist.png``: the histogram of ``log2|u|`` over the last
+  epoch of each run (or ``--epoch N``), as a density over octaves, where
+  ``u`` is the Adam direction for the Adam aliases and the whole step
+  ``x_{t+1} - x_t`` otherwise (``update_hist_of`` in the metrics):
   the paper's figure comparing how widely AdamW's and Adam-L2's per-coordinate
   updates spread (Zhuang et al., 2022, Sec. 6). Exact zeros are left out.
 
@@ -61,7 +63,7 @@ def plot_curves(runs, labels, path: pathlib.Path) -> None:
     axes[1].plot(ep, [r["test_acc"] for r in rows], label=label)
     axes[2].plot(ep, [r.get("update_iqr_octaves", np.nan) for r in rows], label=label)
   for ax, title in zip(axes, ("training loss", "test accuracy",
-                              "update spread: IQR of log2|update| (octaves)")):
+                              "update spread: IQR of log2|u| (octaves)")):
     ax.set_xlabel("epoch")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
@@ -91,7 +93,10 @@ def plot_update_hist(runs, labels, path: pathlib.Path, epoch: int | None) -> int
     density = counts / max(counts.sum(), 1) / width
     ax.stairs(density, edges, label=f"{label} (epoch {r['epoch']})")
     drawn += 1
-  ax.set_xlabel("log2 |x_{t+1} - x_t|")
+  kinds = {r.get("update_hist_of", "step") for _, rows in runs for r in rows[-1:]}
+  ax.set_xlabel({"adam_direction": "log2 |Adam direction m_hat/(sqrt(v_hat)+eps)|",
+                 "step": "log2 |x_{t+1} - x_t|"}.get(kinds.pop(), "log2 |update|")
+                if len(kinds) == 1 else "log2 |update| (mixed kinds)")
   ax.set_ylabel("density (per octave)")
   ax.set_title("per-coordinate update magnitudes", fontsize=10)
   ax.legend(fontsize=8)
