@@ -4,13 +4,15 @@ One config (:data:`SCALES`) defines every run of the study; each run is an
 ordinary ``experiments.train`` run (resumable, atomic outputs) in
 ``RUNS/<part>/<name>-s<seed>``. Parts:
 
-- ``depth``: ResNet-20/44/56 without BatchNorm, Adam-L2 vs AdamW vs AdamProx
-  at the paper's best (alpha, lambda) for each depth (``experiments.recipes``);
-- ``bn``: the BN control: ResNet-20 *with* BatchNorm, Adam-L2 vs AdamW at the
-  ResNet-20 no-BN settings (the paper's best BN settings have lambda = 0, for
-  which the three optimizers are the same algorithm);
+- ``depth``: ResNets without BatchNorm (``cpu``: 20/44/56; ``paper``: also
+  110/218), Adam-L2 vs AdamW vs AdamProx at the paper's best (alpha, lambda)
+  for each depth (``experiments.recipes``);
+- ``bn``: the BN control: one model (``cpu``: ResNet-20, ``paper``: 110)
+  *with* BatchNorm, Adam-L2 vs AdamW at that model's no-BN settings (the
+  paper's best BN settings have lambda = 0, for which the three optimizers
+  are the same algorithm);
 - ``mult``: the loss multiplied by 10 and 100, Adam-L2 and AdamW at the fixed
-  x1 settings (the x1 runs are the ``depth`` ResNet-20 runs).
+  x1 settings (the x1 runs are the ``depth`` runs of that model).
 
 Commands::
 
@@ -43,18 +45,24 @@ from experiments.recipes import get_recipe
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OPTIMIZERS = ("adam_l2", "adamw", "adamprox")
 
-# Each scale: data, length, seeds. "cpu" is what 2 CPU cores finish in about
-# two hours; "paper" is the published protocol (full data, 300 epochs).
+# Each scale: data, length, seeds, depths, and the model of the BN control and
+# of the loss-multiplier test. "cpu" is what 2 CPU cores finish in about two
+# hours; "paper" is the published protocol (full data, 300 epochs, the
+# paper's depths, its x10/x100 test on ResNet-110).
+_CPU = dict(dataset="npz:" + str(ROOT.parent / "shared" / "data" / "cifar10"),
+            train_subset=5120, test_subset=2000, epochs=5, seeds=(0, 1, 2),
+            depths=("resnet20", "resnet44", "resnet56"), bn_model="resnet20",
+            mult_model="resnet20")
 SCALES = {
-    "cpu": dict(dataset="npz:" + str(ROOT.parent / "shared" / "data" / "cifar10"),
-                train_subset=5120, test_subset=2000, epochs=5, seeds=(0, 1, 2)),
-    "paper": dict(dataset="cifar10", train_subset=None, test_subset=None,
-                  epochs=300, seeds=(0, 1, 2)),
+    "cpu": _CPU,
+    "paper": dict(dataset="cifar10", train_subset=None, test_subset=None, epochs=300,
+                  seeds=(0, 1, 2),
+                  depths=("resnet20", "resnet44", "resnet56", "resnet110", "resnet218"),
+                  bn_model="resnet110", mult_model="resnet110"),
     # For tests: the embedded sample, a few steps.
-    "smoke": dict(dataset="sample", train_subset=256, test_subset=200, epochs=2,
+    "smoke": dict(_CPU, dataset="sample", train_subset=256, test_subset=200, epochs=2,
                   seeds=(0, 1)),
 }
-DEPTHS = ("resnet20", "resnet44", "resnet56")
 MULTIPLIERS = (10, 100)
 
 
@@ -93,28 +101,36 @@ class Run:
 
 def study(scale: str) -> list[Run]:
   """Every run, in priority order: all parts for seed 0, then seed 1, ..."""
-  runs = []
-  for seed in SCALES[scale]["seeds"]:
-    for model in DEPTHS:
+  sc, runs = SCALES[scale], []
+  for seed in sc["seeds"]:
+    for model in sc["depths"]:
       runs += [Run("depth", f"{model}-nobn-{o}", seed) for o in OPTIMIZERS]
-    runs += [Run("bn", f"resnet20-nobn-{o}", seed, use_bn=True) for o in ("adam_l2", "adamw")]
-    runs += [Run("mult", f"resnet20-nobn-{o}", seed, loss_multiplier=m)
+    runs += [Run("bn", f"{sc['bn_model']}-nobn-{o}", seed, use_bn=True)
+             for o in ("adam_l2", "adamw")]
+    runs += [Run("mult", f"{sc['mult_model']}-nobn-{o}", seed, loss_multiplier=m)
              for m in MULTIPLIERS for o in ("adam_l2", "adamw")]
   return runs
 
 
-def _status(d: pathlib.Path) -> str | None:
+def _status(d: pathlib.Path, epochs: int | None = None) -> str | None:
+  """The run's status; "complete" only if it has ``epochs`` epochs (a longer
+  scale extends finished runs in place, see experiments.train)."""
   try:
-    return json.loads((d / "summary.json").read_text()).get("status")
+    summary = json.loads((d / "summary.json").read_text())
   except (FileNotFoundError, json.JSONDecodeError):
     return None
+  if summary.get("status") == "complete" and epochs and summary.get("epochs", 0) < epochs:
+    return "shorter"
+  return summary.get("status")
 
 
 def run_all(scale: str, runs_dir: pathlib.Path, workers: int, pin: bool,
             only: str | None = None) -> int:
   """Runs the study with ``workers`` processes; returns the number of failures."""
   runs = [r for r in study(scale) if only is None or r.part == only]
-  todo = [r for r in runs if _status(runs_dir / r.part / r.name) not in ("complete", "diverged")]
+  epochs = SCALES[scale]["epochs"]
+  todo = [r for r in runs
+          if _status(runs_dir / r.part / r.name, epochs) not in ("complete", "diverged")]
   print(f"{len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to go "
         f"({workers} worker(s){', pinned' if pin else ''}); logs in {runs_dir}/logs/",
         flush=True)

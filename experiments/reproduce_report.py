@@ -5,8 +5,9 @@ Reads the run directories of :mod:`experiments.reproduce` and writes
 - ``docs/results/reproduction.json``: per run its configuration, per-epoch
   curves, final metrics, final-epoch update histogram and step time; and the
   aggregated tables (mean +- sample sd over seeds, ``ddof=1``);
-- ``docs/results/reproduction_tables.md``: those tables as markdown (the
-  report, ``docs/reproduction.md``, quotes them verbatim; a test checks it);
+- ``docs/results/reproduction_tables.md``: those tables as markdown, and the
+  conditioning study's from ``docs/results/conditioning.json`` next to it
+  (the report, ``docs/reproduction.md``, quotes them verbatim; a test checks);
 - ``docs/figures/repro_*.png``: depth study, loss multiplier, AdamW vs
   AdamProx, update-magnitude histograms.
 
@@ -90,11 +91,12 @@ def _paired_gap(runs, key, a, b, **match) -> dict:
   return _mean_sd(ra[s]["final"][key] - rb[s]["final"][key] for s in sorted(set(ra) & set(rb)))
 
 
-def aggregate(runs: list[dict]) -> dict:
+def aggregate(runs: list[dict], scale: str) -> dict:
   """The tables of the report, from the run records."""
-  from experiments.reproduce import DEPTHS, MULTIPLIERS, OPTIMIZERS
+  from experiments.reproduce import MULTIPLIERS, OPTIMIZERS, SCALES
+  depths, bn_model, mult_model = (SCALES[scale][k] for k in ("depths", "bn_model", "mult_model"))
   tables = {"depth": [], "bn": [], "mult": [], "prox_gap": [], "spread": [], "step_time": []}
-  for model in DEPTHS:
+  for model in depths:
     for opt in OPTIMIZERS:
       rs = _complete(runs, part="depth", model=model, optimizer=opt)
       tables["depth"].append(dict(
@@ -110,25 +112,25 @@ def aggregate(runs: list[dict]) -> dict:
   for bn in (False, True):
     part = "bn" if bn else "depth"
     for opt in ("adam_l2", "adamw"):
-      rs = _complete(runs, part=part, model="resnet20", optimizer=opt)
+      rs = _complete(runs, part=part, model=bn_model, optimizer=opt)
       tables["bn"].append(dict(
-          bn=bn, optimizer=opt, train_loss=_mean_sd(r["final"]["train_loss"] for r in rs),
+          model=bn_model, bn=bn, optimizer=opt, train_loss=_mean_sd(r["final"]["train_loss"] for r in rs),
           test_acc=_mean_sd(r["final"]["test_acc"] for r in rs)))
     tables["bn"].append(dict(
-        bn=bn, optimizer="adamw - adam_l2 (paired by seed)",
-        train_loss=_paired_gap(runs, "train_loss", "adamw", "adam_l2", part=part, model="resnet20"),
-        test_acc=_paired_gap(runs, "test_acc", "adamw", "adam_l2", part=part, model="resnet20")))
+        model=bn_model, bn=bn, optimizer="adamw - adam_l2 (paired by seed)",
+        train_loss=_paired_gap(runs, "train_loss", "adamw", "adam_l2", part=part, model=bn_model),
+        test_acc=_paired_gap(runs, "test_acc", "adamw", "adam_l2", part=part, model=bn_model)))
   for opt in ("adam_l2", "adamw"):
     for mult in (1, *MULTIPLIERS):
       part = "depth" if mult == 1 else "mult"
-      rs = _complete(runs, part=part, model="resnet20", optimizer=opt,
+      rs = _complete(runs, part=part, model=mult_model, optimizer=opt,
                      loss_multiplier=float(mult))
       tables["mult"].append(dict(
-          optimizer=opt, loss_multiplier=mult,
+          model=mult_model, optimizer=opt, loss_multiplier=mult,
           # The loss is multiplied: report the unscaled loss so rows compare.
           train_loss=_mean_sd(r["final"]["train_loss"] / mult for r in rs),
           test_acc=_mean_sd(r["final"]["test_acc"] for r in rs)))
-  for model in DEPTHS:
+  for model in depths:
     w = {r["seed"]: r for r in _complete(runs, part="depth", model=model, optimizer="adamw")}
     p = {r["seed"]: r for r in _complete(runs, part="depth", model=model, optimizer="adamprox")}
     seeds = sorted(set(w) & set(p))
@@ -140,14 +142,14 @@ def aggregate(runs: list[dict]) -> dict:
         max_test_acc_gap=gap("test_acc", False),
         adamw_vs_adam_l2_test_acc_gap=_paired_gap(runs, "test_acc", "adamw", "adam_l2",
                                                   part="depth", model=model)))
-  for model in DEPTHS:
+  for model in depths:
     for opt in OPTIMIZERS:
       rs = _complete(runs, part="depth", model=model, optimizer=opt)
       tables["spread"].append(dict(
           model=model, optimizer=opt,
           iqr_octaves=_mean_sd(r["final"]["update_iqr_octaves"] for r in rs),
           within_one_octave=_mean_sd(r["final"]["update_within_one_octave"] for r in rs)))
-  for model in DEPTHS:
+  for model in depths:
     for bn in (False, True):
       rs = [r for r in runs if r["model"] == model and r["use_bn"] == bn
             and r["median_step_seconds"]]
@@ -167,8 +169,20 @@ def _fmt(ms: dict, scale: float = 1.0, digits: int = 3) -> str:
   return s + ("" if ms["n"] == 3 else f" (n={ms['n']})")
 
 
-def render_tables(results: dict) -> str:
-  """The markdown tables of the report, from ``reproduction.json``."""
+def render_conditioning(cond: dict) -> str:
+  """The conditioning study's tables (``docs/results/conditioning.json``)."""
+  from experiments.conditioning import format_table
+  kappas = cond["config"]["kappas"]
+  out = ["### Conditioning study (`python -m experiments.conditioning`)", ""]
+  for problem, studies in cond["problems"].items():
+    for study, table in studies.items():
+      out += ["```", format_table(f"{problem} / {study}", table, kappas), "```", ""]
+  return "\n".join(out)
+
+
+def render_tables(results: dict, conditioning: dict | None = None) -> str:
+  """The markdown tables of the report, from ``reproduction.json`` (and the
+  conditioning study's JSON, if given)."""
   t = results["tables"]
   out = ["<!-- generated by `python -m experiments.reproduce collect`; do not edit -->", ""]
   out += ["### Depth study (no BatchNorm)", "",
@@ -179,17 +193,18 @@ def render_tables(results: dict) -> str:
     name = LABEL.get(r["optimizer"], "AdamW − Adam-L2 (paired)")
     out.append(f"| {r['model']} | {name} | {hp} | {_fmt(r['train_loss'])} | "
                f"{_fmt(r['test_acc'], 100, 1)} |")
-  out += ["", "### BatchNorm control (ResNet-20, ResNet-20 no-BN settings)", "",
-          "| BN | optimizer | final train loss | final test acc (%) |", "|---|---|---|---|"]
+  out += ["", "### BatchNorm control (the no-BN settings of the same model)", "",
+          "| model | BN | optimizer | final train loss | final test acc (%) |",
+          "|---|---|---|---|---|"]
   for r in t["bn"]:
     name = LABEL.get(r["optimizer"], "AdamW − Adam-L2 (paired)")
-    out.append(f"| {'yes' if r['bn'] else 'no'} | {name} | {_fmt(r['train_loss'])} | "
+    out.append(f"| {r['model']} | {'yes' if r['bn'] else 'no'} | {name} | {_fmt(r['train_loss'])} | "
                f"{_fmt(r['test_acc'], 100, 1)} |")
-  out += ["", "### Loss multiplier (ResNet-20 no BN, fixed x1 settings)", "",
-          "| optimizer | loss x | final train loss (unscaled) | final test acc (%) |",
-          "|---|---|---|---|"]
+  out += ["", "### Loss multiplier (no BN, fixed x1 settings)", "",
+          "| model | optimizer | loss x | final train loss (unscaled) | final test acc (%) |",
+          "|---|---|---|---|---|"]
   for r in t["mult"]:
-    out.append(f"| {LABEL[r['optimizer']]} | {r['loss_multiplier']} | {_fmt(r['train_loss'])} | "
+    out.append(f"| {r['model']} | {LABEL[r['optimizer']]} | {r['loss_multiplier']} | {_fmt(r['train_loss'])} | "
                f"{_fmt(r['test_acc'], 100, 1)} |")
   out += ["", "### AdamW vs AdamProx (same seeds, every epoch)", "",
           "| model | seeds | max relative train-loss gap | max test-acc gap (points) | "
@@ -210,7 +225,9 @@ def render_tables(results: dict) -> str:
   for r in t["step_time"]:
     out.append(f"| {r['model']} | {'yes' if r['bn'] else 'no'} | {r['runs']} | "
                f"{r['median_step_seconds']:.3f} |")
-  return "\n".join(out) + "\n"
+  if conditioning is not None:
+    out += ["", render_conditioning(conditioning)]
+  return "\n".join(out).rstrip("\n") + "\n"
 
 
 # ------------------------------------------------------------------ figures
@@ -238,11 +255,11 @@ def _mean_curve(rs, key, scale=1.0):
   return np.arange(1, n + 1), a.mean(0), a.std(0, ddof=1) if len(a) > 1 else np.zeros(n)
 
 
-def figure_depth(runs, path: pathlib.Path) -> None:
-  from experiments.reproduce import DEPTHS, OPTIMIZERS
+def figure_depth(runs, path: pathlib.Path, depths) -> None:
+  from experiments.reproduce import OPTIMIZERS
   plt = _plt()
-  fig, axes = plt.subplots(2, len(DEPTHS), figsize=(4.2 * len(DEPTHS), 7), squeeze=False)
-  for j, model in enumerate(DEPTHS):
+  fig, axes = plt.subplots(2, len(depths), figsize=(4.2 * len(depths), 7), squeeze=False)
+  for j, model in enumerate(depths):
     for opt in OPTIMIZERS:
       rs = _complete(runs, part="depth", model=model, optimizer=opt)
       if not rs:
@@ -266,14 +283,14 @@ def figure_depth(runs, path: pathlib.Path) -> None:
   _save(fig, path)
 
 
-def figure_mult(runs, path: pathlib.Path) -> None:
+def figure_mult(runs, path: pathlib.Path, model: str) -> None:
   from experiments.reproduce import MULTIPLIERS
   plt = _plt()
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   styles = {1: "-", 10: "--", 100: ":"}
   for opt in ("adam_l2", "adamw"):
     for mult in (1, *MULTIPLIERS):
-      rs = _complete(runs, part="depth" if mult == 1 else "mult", model="resnet20",
+      rs = _complete(runs, part="depth" if mult == 1 else "mult", model=model,
                      optimizer=opt, loss_multiplier=float(mult))
       if not rs:
         continue
@@ -288,17 +305,16 @@ def figure_mult(runs, path: pathlib.Path) -> None:
     ax.set_xlabel("epoch")
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=8)
-  fig.suptitle("ResNet-20 no BN: loss multiplied by 1 / 10 / 100 at fixed hyper-parameters",
+  fig.suptitle(f"{model} no BN: loss multiplied by 1 / 10 / 100 at fixed hyper-parameters",
                fontsize=10)
   fig.tight_layout()
   _save(fig, path)
 
 
-def figure_prox(runs, path: pathlib.Path) -> None:
-  from experiments.reproduce import DEPTHS
+def figure_prox(runs, path: pathlib.Path, depths) -> None:
   plt = _plt()
-  fig, axes = plt.subplots(1, len(DEPTHS), figsize=(4.2 * len(DEPTHS), 3.8), squeeze=False)
-  for j, model in enumerate(DEPTHS):
+  fig, axes = plt.subplots(1, len(depths), figsize=(4.2 * len(depths), 3.8), squeeze=False)
+  for j, model in enumerate(depths):
     ax = axes[0, j]
     for opt, ls in (("adamw", "-"), ("adamprox", "--")):
       for r in _complete(runs, part="depth", model=model, optimizer=opt):
@@ -315,7 +331,8 @@ def figure_prox(runs, path: pathlib.Path) -> None:
   _save(fig, path)
 
 
-def figure_hist(runs, path: pathlib.Path, models=("resnet20", "resnet56")) -> None:
+def figure_hist(runs, path: pathlib.Path, models) -> None:
+  """AdamW vs Adam-L2 histograms at the shallowest and the deepest model."""
   plt = _plt()
   fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4), squeeze=False)
   for j, model in enumerate(models):
@@ -352,16 +369,19 @@ def collect(scale: str, runs_dir: pathlib.Path, results: pathlib.Path,
   sc = {k: (list(v) if isinstance(v, tuple) else v) for k, v in SCALES[scale].items()}
   if sc["dataset"].startswith("npz:"):
     sc["dataset"] = "npz:../shared/data/cifar10 (CIFAR-10, JPEG q75 copy)"
-  data = {"scale": scale, "protocol": sc, "runs": runs, "tables": aggregate(runs)}
+  data = {"scale": scale, "protocol": sc, "runs": runs, "tables": aggregate(runs, scale)}
   results.parent.mkdir(parents=True, exist_ok=True)
   figures.mkdir(parents=True, exist_ok=True)
   atomic_write_text(results, json.dumps(data, indent=1, sort_keys=True) + "\n")
   tables = results.with_name(results.stem + "_tables.md")
-  atomic_write_text(tables, render_tables(data))
-  figure_depth(runs, figures / "repro_depth.png")
-  figure_mult(runs, figures / "repro_loss_multiplier.png")
-  figure_prox(runs, figures / "repro_adamw_vs_adamprox.png")
-  figure_hist(runs, figures / "repro_update_hist.png")
+  cond_path = results.with_name("conditioning.json")
+  cond = json.loads(cond_path.read_text()) if cond_path.exists() else None
+  atomic_write_text(tables, render_tables(data, cond))
+  depths = SCALES[scale]["depths"]
+  figure_depth(runs, figures / "repro_depth.png", depths)
+  figure_mult(runs, figures / "repro_loss_multiplier.png", SCALES[scale]["mult_model"])
+  figure_prox(runs, figures / "repro_adamw_vs_adamprox.png", depths)
+  figure_hist(runs, figures / "repro_update_hist.png", (depths[0], depths[-1]))
   done = sum(r["status"] == "complete" for r in runs)
   print(f"{done} complete runs of {len(runs)} started: wrote {results}, {tables} and "
         f"4 figures in {figures}")

@@ -16,6 +16,10 @@ Writes to ``--out DIR``:
 - ``summary.json``: final metrics, status, compile time, throughput;
 - ``checkpoint.npz``: the full train state after the last finished epoch.
 
+With ``--schedule constant`` (the paper's protocol), rerunning with a larger
+``--epochs`` extends a finished run from its last checkpoint: the result is
+the same as a run started with that many epochs.
+
 Rerunning the same command resumes from the checkpoint (after a crash or a
 SIGKILL); the batches (a permutation per ``(seed, epoch)``) and the
 augmentation (``fold_in(key, step)``) are pure functions of the position, so
@@ -322,6 +326,17 @@ def current_lr(learning_rate, plateau, opt_state, step: int) -> float:
 # ----------------------------------------------------------------- output dir
 
 
+def extends(old: dict, cfg: dict) -> bool:
+  """True if ``cfg`` is run ``old`` trained for more epochs.
+
+  Only with a constant step size: then epochs 1..E of an (E+k)-epoch run are
+  exactly the E-epoch run, so a finished run can be extended in place.
+  """
+  same = {k: v for k, v in semantic(old).items() if k != "epochs"}
+  return (old.get("schedule") == "constant" and cfg["epochs"] >= old.get("epochs", 0)
+          and same == {k: v for k, v in semantic(cfg).items() if k != "epochs"})
+
+
 def prepare_out_dir(cfg: dict) -> pathlib.Path:
   out = pathlib.Path(cfg["out"])
   cfg_path = out / "config.json"
@@ -330,14 +345,18 @@ def prepare_out_dir(cfg: dict) -> pathlib.Path:
       old = json.loads(cfg_path.read_text())
     except json.JSONDecodeError:
       old = None
-    if old is None or semantic(old) != semantic(cfg):
+    if old is not None and old.get("epochs") != cfg["epochs"] and extends(old, cfg):
+      from experiments.checkpoint import atomic_write_json
+      atomic_write_json(cfg_path, cfg)  # the same run, trained longer
+    elif old is None or semantic(old) != semantic(cfg):
       if not cfg["overwrite"]:
         diff = sorted(k for k in set(semantic(cfg)) | set(semantic(old or {}))
                       if (old or {}).get(k) != cfg.get(k))
         raise ConfigError(
             f"--out {out} holds a run with a different configuration (differs in: "
             f"{', '.join(diff)}); refusing to overwrite it. Choose another --out, "
-            "or pass --overwrite to delete it."
+            "or pass --overwrite to delete it (with a constant step size, a larger "
+            "--epochs alone extends a run)."
         )
       shutil.rmtree(out)
   elif out.exists() and any(out.iterdir()) and not cfg["overwrite"]:
@@ -426,7 +445,7 @@ def run(cfg: dict, log=print) -> dict:
       out / "summary.json", out / "metrics.jsonl", out / "checkpoint.npz")
   if summary_path.exists():
     summary = json.loads(summary_path.read_text())
-    if summary.get("status") == "complete":
+    if summary.get("status") == "complete" and summary.get("epochs", 0) >= cfg["epochs"]:
       log(f"{out}: already complete (final test_acc {summary.get('test_acc')}).")
       return summary
 

@@ -38,15 +38,21 @@ def test_study_covers_the_issue_and_uses_the_paper_settings():
     assert train.optax_weight_decay(cfg) == pytest.approx(want, rel=1e-12)
   depth = {(get_recipe(r.recipe).model, get_recipe(r.recipe).optimizer)
            for r in runs if r.part == "depth"}
-  assert depth == {(m, o) for m in reproduce.DEPTHS for o in reproduce.OPTIMIZERS}
+  assert depth == {(m, o) for m in reproduce.SCALES["cpu"]["depths"] for o in reproduce.OPTIMIZERS}
   assert {r.loss_multiplier for r in runs if r.part == "mult"} == {10.0, 100.0}
   assert all(r.use_bn for r in runs if r.part == "bn")
 
 
 def test_paper_scale_is_the_published_protocol():
-  cfg = _resolved(reproduce.study("paper")[0], scale="paper")
-  assert (cfg["dataset"], cfg["epochs"], cfg["batch_size"]) == ("cifar10", 300, 128)
-  assert cfg["train_subset"] is None and cfg["test_subset"] is None
+  runs = reproduce.study("paper")
+  assert len(runs) == 3 * (5 * 3 + 2 + 4)
+  for run in runs:
+    cfg = _resolved(run, scale="paper")
+    assert (cfg["dataset"], cfg["epochs"], cfg["batch_size"]) == ("cifar10", 300, 128)
+    assert cfg["train_subset"] is None and cfg["test_subset"] is None
+  assert {get_recipe(r.recipe).model for r in runs if r.part == "depth"} == {
+      "resnet20", "resnet44", "resnet56", "resnet110", "resnet218"}
+  assert {get_recipe(r.recipe).model for r in runs if r.part != "depth"} == {"resnet110"}
 
 
 def _fake_run_dir(d: pathlib.Path, rng, epochs=3, status="complete"):
@@ -129,7 +135,8 @@ def test_committed_report_is_traceable():
     pytest.skip("the study's results are not committed yet")
   data = json.loads(results.read_text())
   tables = results.with_name("reproduction_tables.md").read_text()
-  assert tables == reproduce_report.render_tables(data)
+  cond = json.loads(results.with_name("conditioning.json").read_text())
+  assert tables == reproduce_report.render_tables(data, cond)
   text = report.read_text()
   assert tables.strip() in text
   import re

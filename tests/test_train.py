@@ -200,6 +200,25 @@ def test_skip_nonfinite_skips_and_counts(monkeypatch, cache_dir, tmp_path):
   assert all(np.isfinite(ck[k]).all() for k in ck.files if k != "meta")
 
 
+def test_larger_epochs_extends_a_finished_constant_run(reference_run, tmp_path):
+  """2 finished epochs + rerun with --epochs 3 == a 3-epoch run, bit for bit."""
+  import shutil
+  ref_out, _ = reference_run
+  out = tmp_path / "extended"
+  shutil.copytree(ref_out, out)
+  summary = train.run(_cfg(out, "--epochs", "3"), log=lambda *_: None)
+  straight = tmp_path / "straight"
+  train.run(_cfg(straight, "--epochs", "3"), log=lambda *_: None)
+  assert summary["status"] == "complete" and summary["epochs"] == 3
+  assert _strip_times(_rows(out)) == _strip_times(_rows(straight))
+  assert json.loads((out / "config.json").read_text())["epochs"] == 3
+  # Fewer epochs, or any schedule that depends on the length, is another run.
+  with pytest.raises(train.ConfigError, match="epochs"):
+    train.run(_cfg(out, "--epochs", "2"), log=lambda *_: None)
+  with pytest.raises(train.ConfigError, match="epochs"):
+    train.run(_cfg(straight, "--epochs", "4", "--schedule", "cosine"), log=lambda *_: None)
+
+
 def test_out_with_other_config_is_refused(reference_run):
   out, _ = reference_run
   with pytest.raises(train.ConfigError, match="different configuration.*lr.*--overwrite"):
