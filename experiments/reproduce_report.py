@@ -27,6 +27,8 @@ import numpy as np
 from experiments.checkpoint import atomic_write_bytes, atomic_write_text
 from experiments.recipes import get_recipe
 
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
 CURVE_KEYS = ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc",
               "update_iqr_octaves", "update_within_one_octave", "update_median_log2")
 LABEL = {"adam_l2": "Adam-L2", "adamw": "AdamW", "adamprox": "AdamProx"}
@@ -160,6 +162,42 @@ def aggregate(runs: list[dict], scale: str) -> dict:
   return tables
 
 
+def _blocks(model: str) -> int:
+  """Residual blocks of a CIFAR ResNet-n: (n - 2) / 2."""
+  return (int(model.removeprefix("resnet")) - 2) // 2
+
+
+def paper_scale_estimate(bench: dict, scale: str = "paper") -> list[dict]:
+  """Wall time of every ``scale`` run on the benchmark machine (training steps
+  only), from the step times in ``benchmarks/results/train_step.json`` (JAX,
+  ``impl=auto``, both cores); depths not benchmarked from a least-squares
+  line in the number of blocks (the step is linear in depth, see the
+  fast-training section of the README)."""
+  from experiments.data import steps_per_epoch
+  from experiments.reproduce import study, SCALES
+  measured = {(r["model"], r["bn"]): r["jax_step_s"] for r in bench["results"]
+              if r.get("impl") == "auto" and r["model"].startswith("resnet")}
+  steps = SCALES[scale]["epochs"] * steps_per_epoch(50_000, 128)
+  rows = {}
+  for run in study(scale):
+    model = get_recipe(run.recipe).model
+    key = (model, run.use_bn)
+    if key not in rows:
+      pts = sorted((_blocks(m), t) for (m, bn), t in measured.items() if bn == run.use_bn)
+      if key in measured:
+        t, how = measured[key], "measured"
+      else:
+        slope, icpt = np.polyfit([b for b, _ in pts], [t for _, t in pts], 1)
+        t, how = float(icpt + slope * _blocks(model)), "linear fit in depth"
+      rows[key] = dict(model=model, bn=run.use_bn, step_seconds=t, source=how,
+                       steps_per_run=steps, runs=0)
+    rows[key]["runs"] += 1
+  for r in rows.values():
+    r["hours_per_run"] = r["steps_per_run"] * r["step_seconds"] / 3600
+    r["hours_all_runs"] = r["hours_per_run"] * r["runs"]
+  return list(rows.values())
+
+
 def _fmt(ms: dict, scale: float = 1.0, digits: int = 3) -> str:
   if ms["mean"] is None:
     return "n/a"
@@ -225,6 +263,18 @@ def render_tables(results: dict, conditioning: dict | None = None) -> str:
   for r in t["step_time"]:
     out.append(f"| {r['model']} | {'yes' if r['bn'] else 'no'} | {r['runs']} | "
                f"{r['median_step_seconds']:.3f} |")
+  if results.get("paper_scale_estimate"):
+    est = results["paper_scale_estimate"]
+    out += ["", "### The full study (`--scale paper`) on the benchmark machine (2 CPU cores)", "",
+            "| model | BN | runs | step (s) | step time from | steps per run | hours per run "
+            "| hours, all runs |", "|---|---|---|---|---|---|---|---|"]
+    for r in est:
+      out.append(f"| {r['model']} | {'yes' if r['bn'] else 'no'} | {r['runs']} | "
+                 f"{r['step_seconds']:.2f} | {r['source']} | {r['steps_per_run']:,} | "
+                 f"{r['hours_per_run']:.0f} | {r['hours_all_runs']:.0f} |")
+    total = sum(r["hours_all_runs"] for r in est)
+    out.append(f"| **total** | | {sum(r['runs'] for r in est)} | | | | | "
+               f"**{total:.0f} h = {total / 24:.0f} days** |")
   if conditioning is not None:
     out += ["", render_conditioning(conditioning)]
   return "\n".join(out).rstrip("\n") + "\n"
@@ -370,6 +420,9 @@ def collect(scale: str, runs_dir: pathlib.Path, results: pathlib.Path,
   if sc["dataset"].startswith("npz:"):
     sc["dataset"] = "npz:../shared/data/cifar10 (CIFAR-10, JPEG q75 copy)"
   data = {"scale": scale, "protocol": sc, "runs": runs, "tables": aggregate(runs, scale)}
+  bench = ROOT / "benchmarks" / "results" / "train_step.json"
+  if bench.exists():
+    data["paper_scale_estimate"] = paper_scale_estimate(json.loads(bench.read_text()))
   results.parent.mkdir(parents=True, exist_ok=True)
   figures.mkdir(parents=True, exist_ok=True)
   atomic_write_text(results, json.dumps(data, indent=1, sort_keys=True) + "\n")

@@ -142,3 +142,23 @@ def test_committed_report_is_traceable():
   import re
   for fig in re.findall(r"\((figures/[\w./-]+\.png)\)", text):
     assert (ROOT / "docs" / fig).exists(), fig
+
+
+def test_paper_scale_estimate_uses_measured_steps_and_a_depth_line():
+  bench = {"results": [
+      {"model": "resnet20", "bn": False, "impl": "auto", "jax_step_s": 0.5},
+      {"model": "resnet56", "bn": False, "impl": "auto", "jax_step_s": 1.4},
+      {"model": "resnet110", "bn": False, "impl": "auto", "jax_step_s": 2.75},
+      {"model": "resnet110", "bn": True, "impl": "auto", "jax_step_s": 3.0},
+      {"model": "resnet20", "bn": False, "impl": "plain", "jax_step_s": 9.0},  # ignored
+  ]}
+  rows = {(r["model"], r["bn"]): r for r in reproduce_report.paper_scale_estimate(bench)}
+  assert rows[("resnet20", False)]["step_seconds"] == 0.5
+  assert rows[("resnet20", False)]["source"] == "measured"
+  # These points lie on t = 0.05 * blocks + 0.05 exactly (blocks = (n - 2) / 2).
+  assert rows[("resnet44", False)]["step_seconds"] == pytest.approx(0.05 * 21 + 0.05)
+  assert rows[("resnet218", False)]["step_seconds"] == pytest.approx(0.05 * 108 + 0.05)
+  r = rows[("resnet110", False)]
+  assert r["steps_per_run"] == 300 * 390 and r["runs"] == 3 * (3 + 4)
+  assert r["hours_all_runs"] == pytest.approx(21 * 300 * 390 * 2.75 / 3600)
+  assert sum(x["runs"] for x in rows.values()) == len(reproduce.study("paper"))
