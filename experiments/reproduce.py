@@ -19,6 +19,7 @@ Commands::
   python -m experiments.reproduce run --scale cpu --workers 2 --pin   # the study
   python -m experiments.reproduce collect --scale cpu                 # results + figures
   python -m experiments.reproduce commands --scale paper              # one train command per run
+  python -m experiments.reproduce run --scale cpu --epochs 30 ...     # extend the same runs
 
 ``run`` launches ``--workers`` training processes at a time (``--pin`` binds
 worker k to CPU core k: on a 2-core machine two single-core runs do 1.3x the
@@ -177,6 +178,9 @@ def main(argv=None) -> int:
     s.add_argument("--scale", choices=sorted(SCALES), default="cpu")
     s.add_argument("--runs-dir", default=None,
                    help="run directories (default runs/reproduce-<scale>)")
+    s.add_argument("--epochs", type=int, default=None,
+                   help="override the scale's epochs; more epochs extend finished runs "
+                   "in place (constant step size), so a study can grow across sittings")
     if name == "run":
       s.add_argument("--workers", type=int, default=1)
       s.add_argument("--pin", action="store_true", help="bind worker k to CPU core k")
@@ -185,6 +189,11 @@ def main(argv=None) -> int:
       s.add_argument("--results", default=str(ROOT / "docs" / "results" / "reproduction.json"))
       s.add_argument("--figures", default=str(ROOT / "docs" / "figures"))
   args = p.parse_args(argv)
+  if args.epochs is not None:
+    if args.epochs < 1:
+      p.error(f"--epochs must be >= 1, got {args.epochs}.")
+    # Every helper reads the protocol from SCALES: override it for this process.
+    SCALES[args.scale] = dict(SCALES[args.scale], epochs=args.epochs)
   runs_dir = pathlib.Path(args.runs_dir or ROOT / "runs" / f"reproduce-{args.scale}")
   if args.cmd == "commands":
     for r in study(args.scale):

@@ -162,3 +162,12 @@ def test_paper_scale_estimate_uses_measured_steps_and_a_depth_line():
   assert r["steps_per_run"] == 300 * 390 and r["runs"] == 3 * (3 + 4)
   assert r["hours_all_runs"] == pytest.approx(21 * 300 * 390 * 2.75 / 3600)
   assert sum(x["runs"] for x in rows.values()) == len(reproduce.study("paper"))
+
+
+def test_epochs_override_reaches_every_command(capsys, monkeypatch):
+  monkeypatch.setattr(reproduce, "SCALES", dict(reproduce.SCALES))  # undo the override after
+  assert reproduce.main(["commands", "--scale", "cpu", "--epochs", "30"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 45 and all("--epochs 30 " in l for l in lines)
+  with pytest.raises(SystemExit):
+    reproduce.main(["commands", "--scale", "cpu", "--epochs", "0"])
