@@ -131,7 +131,8 @@ def aggregate(runs: list[dict], scale: str) -> dict:
           model=mult_model, optimizer=opt, loss_multiplier=mult,
           # The loss is multiplied: report the unscaled loss so rows compare.
           train_loss=_mean_sd(r["final"]["train_loss"] / mult for r in rs),
-          test_acc=_mean_sd(r["final"]["test_acc"] for r in rs)))
+          test_acc=_mean_sd(r["final"]["test_acc"] for r in rs),
+          iqr_octaves=_mean_sd(r["final"]["update_iqr_octaves"] for r in rs)))
   for model in depths:
     w = {r["seed"]: r for r in _complete(runs, part="depth", model=model, optimizer="adamw")}
     p = {r["seed"]: r for r in _complete(runs, part="depth", model=model, optimizer="adamprox")}
@@ -239,11 +240,12 @@ def render_tables(results: dict, conditioning: dict | None = None) -> str:
     out.append(f"| {r['model']} | {'yes' if r['bn'] else 'no'} | {name} | {_fmt(r['train_loss'])} | "
                f"{_fmt(r['test_acc'], 100, 1)} |")
   out += ["", "### Loss multiplier (no BN, fixed x1 settings)", "",
-          "| model | optimizer | loss x | final train loss (unscaled) | final test acc (%) |",
-          "|---|---|---|---|---|"]
+          "| model | optimizer | loss x | final train loss (unscaled) | final test acc (%) "
+          "| IQR of log2\\|d\\| (octaves) |",
+          "|---|---|---|---|---|---|"]
   for r in t["mult"]:
     out.append(f"| {r['model']} | {LABEL[r['optimizer']]} | {r['loss_multiplier']} | {_fmt(r['train_loss'])} | "
-               f"{_fmt(r['test_acc'], 100, 1)} |")
+               f"{_fmt(r['test_acc'], 100, 1)} | {_fmt(r['iqr_octaves'], 1, 2)} |")
   out += ["", "### AdamW vs AdamProx (same seeds, every epoch)", "",
           "| model | seeds | max relative train-loss gap | max test-acc gap (points) | "
           "for scale: AdamW − Adam-L2 test acc (points) |", "|---|---|---|---|---|"]
