@@ -93,6 +93,20 @@ def _paired_gap(runs, key, a, b, **match) -> dict:
   return _mean_sd(ra[s]["final"][key] - rb[s]["final"][key] for s in sorted(set(ra) & set(rb)))
 
 
+def _change_from_x1(runs, rs, model, opt) -> dict:
+  """|train loss of the xM run - the x1 run| per epoch, same seed: after
+  epoch 1 (mean over seeds) and the largest over epochs and seeds. A
+  scale-free optimizer with eps = 0 would give exactly 0."""
+  base = {r["seed"]: r["curves"]["train_loss"] for r in
+          _complete(runs, part="depth", model=model, optimizer=opt)}
+  diffs = [[abs(a - b) for a, b in zip(r["curves"]["train_loss"], base[r["seed"]])]
+           for r in rs if r["loss_multiplier"] != 1 and r["seed"] in base]
+  if not diffs:
+    return {"loss_change_epoch1": None, "loss_change_max": None}
+  return {"loss_change_epoch1": float(np.mean([d[0] for d in diffs])),
+          "loss_change_max": float(max(max(d) for d in diffs))}
+
+
 def aggregate(runs: list[dict], scale: str) -> dict:
   """The tables of the report, from the run records."""
   from experiments.reproduce import MULTIPLIERS, OPTIMIZERS, SCALES
@@ -129,10 +143,12 @@ def aggregate(runs: list[dict], scale: str) -> dict:
                      loss_multiplier=float(mult))
       tables["mult"].append(dict(
           model=mult_model, optimizer=opt, loss_multiplier=mult,
-          # The loss is multiplied: report the unscaled loss so rows compare.
-          train_loss=_mean_sd(r["final"]["train_loss"] / mult for r in rs),
+          # experiments.train records the plain cross-entropy (before the
+          # multiplier), so the rows compare as they are.
+          train_loss=_mean_sd(r["final"]["train_loss"] for r in rs),
           test_acc=_mean_sd(r["final"]["test_acc"] for r in rs),
-          iqr_octaves=_mean_sd(r["final"]["update_iqr_octaves"] for r in rs)))
+          iqr_octaves=_mean_sd(r["final"]["update_iqr_octaves"] for r in rs),
+          **_change_from_x1(runs, rs, mult_model, opt)))
   for model in depths:
     w = {r["seed"]: r for r in _complete(runs, part="depth", model=model, optimizer="adamw")}
     p = {r["seed"]: r for r in _complete(runs, part="depth", model=model, optimizer="adamprox")}
@@ -240,12 +256,15 @@ def render_tables(results: dict, conditioning: dict | None = None) -> str:
     out.append(f"| {r['model']} | {'yes' if r['bn'] else 'no'} | {name} | {_fmt(r['train_loss'])} | "
                f"{_fmt(r['test_acc'], 100, 1)} |")
   out += ["", "### Loss multiplier (no BN, fixed x1 settings)", "",
-          "| model | optimizer | loss x | final train loss (unscaled) | final test acc (%) "
-          "| IQR of log2\\|d\\| (octaves) |",
-          "|---|---|---|---|---|---|"]
+          "| model | optimizer | loss x | final train loss (cross-entropy, before the multiplier) | final test acc (%) "
+          "| IQR of log2\\|d\\| (octaves) | \\|train-loss change\\| vs x1 after epoch 1 "
+          "| max \\|change\\| over epochs and seeds |",
+          "|---|---|---|---|---|---|---|---|"]
+  g = lambda v: "" if v is None else f"{v:.1e}"
   for r in t["mult"]:
     out.append(f"| {r['model']} | {LABEL[r['optimizer']]} | {r['loss_multiplier']} | {_fmt(r['train_loss'])} | "
-               f"{_fmt(r['test_acc'], 100, 1)} | {_fmt(r['iqr_octaves'], 1, 2)} |")
+               f"{_fmt(r['test_acc'], 100, 1)} | {_fmt(r['iqr_octaves'], 1, 2)} | "
+               f"{g(r.get('loss_change_epoch1'))} | {g(r.get('loss_change_max'))} |")
   out += ["", "### AdamW vs AdamProx (same seeds, every epoch)", "",
           "| model | seeds | max relative train-loss gap | max test-acc gap (points) | "
           "for scale: AdamW − Adam-L2 test acc (points) |", "|---|---|---|---|---|"]
@@ -346,11 +365,11 @@ def figure_mult(runs, path: pathlib.Path, model: str) -> None:
                      optimizer=opt, loss_multiplier=float(mult))
       if not rs:
         continue
-      for ax, key, scale in ((axes[0], "train_loss", 1.0 / mult), (axes[1], "test_acc", 100.0)):
+      for ax, key, scale in ((axes[0], "train_loss", 1.0), (axes[1], "test_acc", 100.0)):
         x, m, s = _mean_curve(rs, key, scale)
         ax.plot(x, m, color=COLOR[opt], ls=styles[mult], label=f"{LABEL[opt]} loss x{mult}")
         ax.fill_between(x, m - s, m + s, color=COLOR[opt], alpha=0.1)
-  axes[0].set_ylabel("train loss (divided by the multiplier)")
+  axes[0].set_ylabel("train cross-entropy (before the multiplier)")
   axes[0].set_yscale("log")
   axes[1].set_ylabel("test accuracy (%)")
   for ax in axes:

@@ -105,10 +105,17 @@ def test_collect_tables_equal_numpy_and_render(tmp_path):
   diffs = [final("depth", f"resnet20-nobn-adamw-s{s}", "train_loss")
            - final("depth", f"resnet20-nobn-adam_l2-s{s}", "train_loss") for s in (0, 1)]
   assert gap["train_loss"]["mean"] == pytest.approx(np.mean(diffs), abs=1e-12)
-  # Loss-multiplier rows report the unscaled loss.
+  # Loss-multiplier rows: the recorded cross-entropy (train.py logs it before the multiplier).
   m = next(r for r in t["mult"] if (r["optimizer"], r["loss_multiplier"]) == ("adamw", 100))
-  vals = [final("mult", f"resnet20-nobn-x100-adamw-s{s}", "train_loss") / 100 for s in (0, 1)]
+  vals = [final("mult", f"resnet20-nobn-x100-adamw-s{s}", "train_loss") for s in (0, 1)]
   assert m["train_loss"]["mean"] == pytest.approx(np.mean(vals), abs=1e-12)
+  x1 = [written[("depth", f"resnet20-nobn-adamw-s{s}")] for s in (0, 1)]
+  x100 = [written[("mult", f"resnet20-nobn-x100-adamw-s{s}")] for s in (0, 1)]
+  assert m["loss_change_epoch1"] == pytest.approx(
+      np.mean([abs(a[0]["train_loss"] - b[0]["train_loss"]) for a, b in zip(x100, x1)]), abs=1e-12)
+  assert m["loss_change_max"] == pytest.approx(max(
+      abs(ra["train_loss"] - rb["train_loss"]) for a, b in zip(x100, x1) for ra, rb in zip(a, b)),
+      abs=1e-12)
   # AdamW vs AdamProx: the largest gap over every epoch and seed.
   p = next(r for r in t["prox_gap"] if r["model"] == "resnet20")
   want = max(abs(a["test_acc"] - b["test_acc"])
