@@ -269,6 +269,11 @@ def _kernel_mask(ndim: int):
   return lambda params: __import__("jax").tree.map(lambda x: x.ndim == ndim, params)
 
 
+def histogram_of(optimizer: str) -> str:
+  """What the update histogram of ``optimizer`` holds."""
+  return "adam_direction" if optimizer in ALIASES and optimizer.startswith("adam") else "step"
+
+
 def build_optimizer(cfg: dict, steps_per_epoch: int):
   """(tx, plateau or None) for ``cfg``; the tx may be wrapped for diagnostics."""
   import optax
@@ -278,9 +283,13 @@ def build_optimizer(cfg: dict, steps_per_epoch: int):
   wd = optax_weight_decay(cfg)
   name = cfg["optimizer"]
 
+  # The Adam aliases histogram their Adam direction (the paper's figure);
+  # every other optimizer is wrapped whole and histograms x_{t+1} - x_t.
+  adam_alias = histogram_of(name) == "adam_direction"
+
   def build(learning_rate):
     if name in ALIASES:
-      kw = ({"track_direction": cfg["update_hist"]} if name.startswith("adam")
+      kw = ({"track_direction": cfg["update_hist"]} if adam_alias
             else {"momentum": cfg["momentum"]})
       base = getattr(proxopt, name)(learning_rate, wd, **kw)
     else:
@@ -305,9 +314,7 @@ def build_optimizer(cfg: dict, steps_per_epoch: int):
     tx = optax.inject_hyperparams(build)(learning_rate=plateau)
   else:
     tx = build(learning_rate)
-  if cfg["update_hist"] and not name.startswith("adam"):
-    # Adam aliases histogram their Adam direction (track_direction above);
-    # other optimizers histogram the whole step x_{t+1} - x_t.
+  if cfg["update_hist"] and not adam_alias:
     tx = proxopt.track_update_scales(tx)
   if cfg["skip_nonfinite"]:
     # Outermost, so a skipped step leaves the histograms untouched as well.
@@ -565,8 +572,7 @@ def run(cfg: dict, log=print) -> dict:
       s = proxopt.update_scale_summary(state.opt_state)
       hist = proxopt.update_scale_histogram(state.opt_state)
       pooled = sum(h["counts"] for h in hist["leaves"].values())
-      row.update(update_hist_of=("adam_direction" if cfg["optimizer"].startswith("adam")
-                                 and cfg["optimizer"] in ALIASES else "step"),
+      row.update(update_hist_of=histogram_of(cfg["optimizer"]),
                  update_iqr_octaves=s.pooled.iqr_octaves,
                  update_within_one_octave=s.pooled.within_one_octave,
                  update_median_log2=s.pooled.median_log2,

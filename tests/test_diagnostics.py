@@ -347,7 +347,7 @@ def test_alias_track_direction_histograms_the_adam_direction(name):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
   leaves = dg.update_scale_histogram(st)["leaves"]
-  assert set(leaves) == {"['w']", "['b']"} or len(leaves) == 2
+  assert len(leaves) == 2
   for k in params:
     got = [v["counts"] for path, v in leaves.items() if k in path]
     np.testing.assert_array_equal(got[0], want[k])

@@ -283,6 +283,13 @@ def test_every_optimizer_and_schedule_builds_and_steps():
     state = tx.init(params)
     updates, state = tx.update(grads, state, params)
     assert all(np.isfinite(u).all() for u in jax.tree.leaves(updates)), (opt, sched)
+    # Every optimizer histograms something: the Adam direction for the Adam
+    # aliases, the whole step otherwise; one step covers every coordinate.
+    import proxopt
+    n = sum(x.size for x in jax.tree.leaves(params))
+    assert proxopt.update_scale_summary(state).pooled.total == n, opt
+    assert train.histogram_of(opt) == (
+        "adam_direction" if opt in ("adam_l2", "adamw", "adamprox") else "step")
     if plateau is not None:
       state = plateau.observe(state, 1.0)
     assert (plateau is not None) == (sched == "plateau")
