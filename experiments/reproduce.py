@@ -113,16 +113,26 @@ def study(scale: str) -> list[Run]:
   return runs
 
 
-def _status(d: pathlib.Path, epochs: int | None = None) -> str | None:
+def read_summary(d: pathlib.Path) -> dict | None:
+  """The run's ``summary.json``, or None while it has none."""
+  try:
+    return json.loads((d / "summary.json").read_text())
+  except (FileNotFoundError, json.JSONDecodeError):
+    return None
+
+
+def run_status(summary: dict | None, epochs: int | None = None) -> str | None:
   """The run's status; "complete" only if it has ``epochs`` epochs (a longer
   scale extends finished runs in place, see experiments.train)."""
-  try:
-    summary = json.loads((d / "summary.json").read_text())
-  except (FileNotFoundError, json.JSONDecodeError):
+  if summary is None:
     return None
   if summary.get("status") == "complete" and epochs and summary.get("epochs", 0) < epochs:
     return "shorter"
   return summary.get("status")
+
+
+def _status(d: pathlib.Path, epochs: int | None = None) -> str | None:
+  return run_status(read_summary(d), epochs)
 
 
 def run_all(scale: str, runs_dir: pathlib.Path, workers: int, pin: bool,

@@ -43,7 +43,7 @@ def _mean_sd(values) -> dict:
 
 def load_runs(scale: str, runs_dir: pathlib.Path) -> list[dict]:
   """One record per run of ``study(scale)`` that has at least one finished epoch."""
-  from experiments.reproduce import study
+  from experiments.reproduce import SCALES, read_summary, run_status, study
   out = []
   for run in study(scale):
     d = runs_dir / run.part / run.name
@@ -52,16 +52,15 @@ def load_runs(scale: str, runs_dir: pathlib.Path) -> list[dict]:
       rows = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines() if l.strip()]
     except FileNotFoundError:
       continue
-    try:
-      summary = json.loads((d / "summary.json").read_text())
-    except FileNotFoundError:
-      summary = {"status": "running"}
+    summary = read_summary(d) or {}
+    # A run shorter than the scale (being extended in place) is not complete.
+    status = run_status(summary or None, SCALES[scale]["epochs"]) or "running"
     r = get_recipe(run.recipe)
     last = rows[-1] if rows else {}
     out.append(dict(
         part=run.part, name=run.name, recipe=run.recipe, model=r.model,
         optimizer=r.optimizer, use_bn=run.use_bn, loss_multiplier=run.loss_multiplier,
-        seed=run.seed, status=summary.get("status"),
+        seed=run.seed, status=status,
         paper_alpha=r.paper_alpha, paper_lambda=r.paper_lambda,
         optax_weight_decay=cfg.get("optax_weight_decay"),
         train_size=cfg.get("train_size"), test_size=cfg.get("test_size"),

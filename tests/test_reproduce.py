@@ -70,7 +70,8 @@ def _fake_run_dir(d: pathlib.Path, rng, epochs=3, status="complete"):
                  "update_hist_of": "adam_direction", "update_log2_hist": hist,
                  "update_log2_edges": [-32.0, 8.0], "wall_seconds": 10.0 * e})
   (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-  (d / "summary.json").write_text(json.dumps({"status": status, "median_step_seconds": 0.5}))
+  (d / "summary.json").write_text(json.dumps({"status": status, "epochs": epochs,
+                                              "median_step_seconds": 0.5}))
   return rows
 
 
@@ -79,11 +80,13 @@ def test_collect_tables_equal_numpy_and_render(tmp_path):
   runs_dir = tmp_path / "runs"
   written = {}
   for run in reproduce.study("smoke"):
-    # One unfinished run: it must be left out of every mean.
-    status = "running" if (run.part, run.seed, run.recipe) == ("depth", 1, "resnet44-nobn-adamw") \
-        else "complete"
+    # One unfinished run and one finished but shorter than the scale (being
+    # extended): both must be left out of every mean.
+    key = (run.part, run.seed, run.recipe)
+    status = "running" if key == ("depth", 1, "resnet44-nobn-adamw") else "complete"
+    epochs = 1 if key == ("depth", 1, "resnet56-nobn-adamw") else 3
     written[(run.part, run.name)] = _fake_run_dir(runs_dir / run.part / run.name, rng,
-                                                  status=status)
+                                                  epochs=epochs, status=status)
   results, figs = tmp_path / "res" / "reproduction.json", tmp_path / "figs"
   assert reproduce_report.collect("smoke", runs_dir, results, figs) == 0
   data = json.loads(results.read_text())
@@ -101,6 +104,8 @@ def test_collect_tables_equal_numpy_and_render(tmp_path):
   assert row["test_acc"]["sd"] == pytest.approx(np.std(vals, ddof=1), abs=1e-12)
   row = next(r for r in t["depth"] if (r["model"], r["optimizer"]) == ("resnet44", "adamw"))
   assert row["test_acc"]["n"] == 1 and row["test_acc"]["sd"] is None  # the running one is out
+  row56 = next(r for r in t["depth"] if (r["model"], r["optimizer"]) == ("resnet56", "adamw"))
+  assert row56["test_acc"]["n"] == 1  # the 1-epoch one is out (smoke scale: 2 epochs)
   gap = next(r for r in t["depth"] if r["model"] == "resnet20" and "paired" in r["optimizer"])
   diffs = [final("depth", f"resnet20-nobn-adamw-s{s}", "train_loss")
            - final("depth", f"resnet20-nobn-adam_l2-s{s}", "train_loss") for s in (0, 1)]
