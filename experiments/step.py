@@ -32,12 +32,20 @@ Implementations (``impl=``), all with the same numerics:
   ``stem``, ``blocks`` and ``head`` with ``model(x) == head(blocks(stem(x)))``.
 * ``"auto"``: the fastest measured on this backend (see ``AUTO_IMPL``).
 
-Independently, ``conv_grad_chunk`` computes every convolution's weight
-gradient in chunks of a few images and sums them
-(:mod:`experiments.fastconv`): XLA:CPU's whole-batch weight-gradient
-convolution was measured about 8x slower than the forward convolution on
-CIFAR shapes, chunks of 8 images remove most of that. On by default for the
-fast implementations on CPU; it only changes the summation order.
+Independently, ``conv`` chooses who computes the convolutions:
+
+* ``"onednn"``: oneDNN's kernels (the library PyTorch uses on CPU) for the
+  forward pass, the input gradient and the weight gradient, bound to XLA as
+  FFI custom calls (:mod:`experiments.onednn_conv`); 2-4x faster than
+  XLA:CPU's own convolutions on CIFAR shapes. CPU only.
+* ``"xla"``: XLA's convolutions. With them, ``conv_grad_chunk`` computes
+  every weight gradient in chunks of a few images and sums them
+  (:mod:`experiments.fastconv`): XLA:CPU's whole-batch weight-gradient
+  convolution was measured about 8x slower than the forward convolution on
+  CIFAR shapes, chunks of 8 images remove most of that. It only changes the
+  summation order.
+* ``"auto"``: ``"onednn"`` on CPU on one device when its kernels build here,
+  else ``"xla"`` (with chunks of 8 on CPU for the fast implementations).
 
 Data parallelism: pass a ``jax.sharding.Mesh`` with an axis ``"data"``; the
 batch is sharded along it and the state replicated, and XLA inserts the
@@ -74,6 +82,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from experiments import onednn_conv
 from experiments.fastconv import with_chunked_wgrad
 
 # CIFAR-10 per-channel statistics of the training set (images in [0, 1]).
@@ -81,9 +90,15 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 IMPLS = ("auto", "plain", "nofusion", "blockwise")
-# Best measured strategy per backend (docs/results/step_vs_depth.json).
-# Disabling fusion is only ever considered on CPU.
-AUTO_IMPL = {"cpu": "nofusion"}
+CONVS = ("auto", "xla", "onednn")
+# Best measured strategy per backend and convolution kind, keyed by
+# (backend, conv, use_bn) (docs/results/step_vs_depth.json). Disabling fusion is
+# only ever considered on CPU. With oneDNN convolutions the fusion pass no
+# longer meets layout transposes before the weight gradients: it pays off
+# with BatchNorm (fused normalisation), not without.
+AUTO_IMPL = {("cpu", "xla", False): "nofusion", ("cpu", "xla", True): "nofusion",
+             ("cpu", "onednn", False): "nofusion",
+             ("cpu", "onednn", True): "plain"}
 # Images per chunk of the convolution weight gradients under "auto" on CPU
 # (experiments/fastconv.py; 8 measured fastest of 4, 8, 16, 32 for ResNet-20).
 AUTO_CONV_GRAD_CHUNK = 8
@@ -234,14 +249,19 @@ def _check_batch(images, labels, mesh, owner):
       )
 
 
-def _check_impl(impl: str) -> str:
+def _has_batch_norm(model: nnx.Module) -> bool:
+  return any(isinstance(n, nnx.BatchNorm) for _, n in nnx.iter_graph(model))
+
+
+def _check_impl(impl: str, conv: str, model: nnx.Module) -> str:
   if impl not in IMPLS:
     raise ValueError(
         f"make_train_step: unknown `impl={impl!r}`; valid choices: "
         f"{', '.join(IMPLS)}."
     )
   if impl == "auto":
-    return AUTO_IMPL.get(jax.default_backend(), _DEFAULT_IMPL)
+    key = (jax.default_backend(), conv, _has_batch_norm(model))
+    return AUTO_IMPL.get(key, _DEFAULT_IMPL)
   if impl == "nofusion" and jax.default_backend() != "cpu":
     raise ValueError(
         "make_train_step: `impl='nofusion'` disables XLA fusion, which only "
@@ -251,10 +271,44 @@ def _check_impl(impl: str) -> str:
   return impl
 
 
-def _resolve_chunk(conv_grad_chunk, impl: str, mesh) -> int:
+def _multi_device(mesh) -> bool:
+  return mesh is not None and mesh.shape[DATA_AXIS] > 1
+
+
+def _resolve_conv(conv: str, mesh, chunk_requested: bool = False) -> str:
+  if conv not in CONVS:
+    raise ValueError(
+        f"make_train_step: unknown `conv={conv!r}`; valid choices: "
+        f"{', '.join(CONVS)}."
+    )
+  if conv == "auto":
+    # On a multi-device mesh XLA cannot partition the custom calls (it would
+    # gather the batch onto every device), so data parallelism keeps XLA's
+    # convolutions; so does an explicit conv_grad_chunk (it chunks XLA's).
+    if (jax.default_backend() == "cpu" and not _multi_device(mesh)
+        and not chunk_requested and onednn_conv.available()):
+      return "onednn"
+    return "xla"
+  if conv == "onednn":
+    if jax.default_backend() != "cpu":
+      raise ValueError(
+          "make_train_step: `conv='onednn'` runs oneDNN's CPU kernels; the "
+          f"backend is {jax.default_backend()!r}. Use conv='auto' or 'xla'."
+      )
+    if _multi_device(mesh):
+      raise ValueError(
+          "make_train_step: `conv='onednn'` runs on one device: XLA cannot "
+          "partition its custom calls over the mesh's 'data' axis. Use "
+          "conv='xla' (what conv='auto' picks on a multi-device mesh)."
+      )
+    onednn_conv.require()
+  return conv
+
+
+def _resolve_chunk(conv_grad_chunk, impl: str, conv: str, mesh) -> int:
   if conv_grad_chunk == "auto":
-    multi = mesh is not None and mesh.shape[DATA_AXIS] > 1
-    if jax.default_backend() == "cpu" and impl != "plain" and not multi:
+    if (jax.default_backend() == "cpu" and impl != "plain" and conv == "xla"
+        and not _multi_device(mesh)):
       return AUTO_CONV_GRAD_CHUNK
     return 0
   if conv_grad_chunk is None:
@@ -264,6 +318,12 @@ def _resolve_chunk(conv_grad_chunk, impl: str, mesh) -> int:
     raise ValueError(
         "make_train_step: `conv_grad_chunk` must be 'auto', None or an int >= "
         f"0 (images per weight-gradient chunk, e.g. 8), got {conv_grad_chunk!r}."
+    )
+  if conv_grad_chunk and conv == "onednn":
+    raise ValueError(
+        "make_train_step: `conv_grad_chunk` chunks XLA's weight-gradient "
+        "convolutions; with conv='onednn' oneDNN computes them whole. Pass "
+        "conv_grad_chunk='auto'/None, or conv='xla'."
     )
   return conv_grad_chunk
 
@@ -300,6 +360,7 @@ def make_train_step(
     augment: bool = True,
     mesh: Mesh | None = None,
     impl: str = "auto",
+    conv: str = "auto",
     conv_grad_chunk: int | str | None = "auto",
 ) -> Callable[[TrainState, Any, Any], tuple[TrainState, dict]]:
   """``train_step(state, images_uint8, labels) -> (state, metrics)``.
@@ -319,18 +380,25 @@ def make_train_step(
     mesh: optional mesh with a ``"data"`` axis for data parallelism.
     impl: ``"auto"``, ``"plain"``, ``"nofusion"`` or ``"blockwise"`` (see the
       module docstring).
-    conv_grad_chunk: images per chunk of the convolution weight gradients
-      (:mod:`experiments.fastconv`), ``None``/0 for XLA's whole-batch one, or
-      ``"auto"``: 8 on CPU for the fast implementations without a
-      multi-device mesh, else off (``impl="plain"`` is never chunked by
-      ``"auto"``: it is the reference).
+    conv: ``"auto"``, ``"onednn"`` or ``"xla"``: who computes the
+      convolutions (see the module docstring). ``"onednn"`` raises
+      :class:`experiments.onednn_conv.OneDNNUnavailable`, naming the fix,
+      when its kernels cannot be built here.
+    conv_grad_chunk: with XLA's convolutions, images per chunk of the
+      weight gradients (:mod:`experiments.fastconv`), ``None``/0 for XLA's
+      whole-batch one, or ``"auto"``: 8 on CPU for the fast implementations
+      without a multi-device mesh, else off (``impl="plain"`` is never
+      chunked by ``"auto"``: it is the reference).
   """
-  impl = _check_impl(impl)
   if mesh is not None:
     _check_mesh(mesh)
-  chunk = _resolve_chunk(conv_grad_chunk, impl, mesh)
+  conv = _resolve_conv(conv, mesh, conv_grad_chunk not in ("auto", None, 0))
+  impl = _check_impl(impl, conv, model)
+  chunk = _resolve_chunk(conv_grad_chunk, impl, conv, mesh)
   loss_multiplier = float(loss_multiplier)
   train_model = _with_mode(model, train=True)
+  if conv == "onednn":
+    train_model = onednn_conv.with_onednn_convs(train_model)
   if chunk:
     train_model = with_chunked_wgrad(train_model, chunk)
   if impl == "blockwise":
@@ -344,6 +412,7 @@ def make_train_step(
     return inner(state, images, labels)
 
   train_step.impl = impl
+  train_step.conv = conv
   train_step.conv_grad_chunk = chunk
   train_step.jitted = getattr(inner, "jitted", None)
   return train_step
@@ -387,18 +456,22 @@ def _whole_step(model, tx, loss_multiplier, augment_flag, mesh, fusion):
 
 
 def make_eval_step(
-    model: nnx.Module, *, mesh: Mesh | None = None
+    model: nnx.Module, *, mesh: Mesh | None = None, conv: str = "auto"
 ) -> Callable[..., dict]:
   """``eval_step(state, images_uint8, labels, mask=None) -> sums``.
 
   Runs the model in eval mode (BatchNorm running statistics), without
   augmentation. Returns sums over the batch so partial batches can be padded
   and masked: ``loss_sum``, ``correct`` and ``count`` (sum of ``mask``, which
-  is 1 for real examples and 0 for padding).
+  is 1 for real examples and 0 for padding). `conv` is as in
+  :func:`make_train_step`.
   """
   if mesh is not None:
     _check_mesh(mesh)
-  graphdef, _, _ = _split(_with_mode(model, train=False))
+  eval_model = _with_mode(model, train=False)
+  if _resolve_conv(conv, mesh) == "onednn":
+    eval_model = onednn_conv.with_onednn_convs(eval_model)
+  graphdef, _, _ = _split(eval_model)
 
   def step(state: TrainState, images, labels, mask):
     m = nnx.merge(graphdef, state.params, state.model_state)
@@ -587,7 +660,7 @@ class _BlockwiseStep:
 
 
 __all__ = [
-    "AUTO_IMPL", "CIFAR_MEAN", "CIFAR_STD", "IMPLS", "TrainState", "augment",
+    "AUTO_IMPL", "CIFAR_MEAN", "CIFAR_STD", "CONVS", "IMPLS", "TrainState", "augment",
     "create_train_state", "make_eval_step", "make_train_step", "normalize",
     "state_to_model",
 ]

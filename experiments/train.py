@@ -57,6 +57,7 @@ SCHEDULES = ("constant", "cosine", "cosine_epoch", "step", "plateau", "warmup_co
 REGULARIZERS = ("none", "l1", "group_lasso")
 CONVENTIONS = ("optax", "paper")
 IMPLS = ("auto", "plain", "nofusion", "blockwise")
+CONVS = ("auto", "xla", "onednn")
 
 # Config keys that do not change the numbers a run produces: they may differ
 # between a run and its resumption.
@@ -71,7 +72,7 @@ DEFAULTS: dict[str, Any] = dict(
     seed=0, init_seed=None, regularizer="none", reg_strength=0.0,
     skip_nonfinite=False, max_consecutive_skips=10, step_every=None,
     decay_factor=0.1, warmup_epochs=None, patience=10, augment=True,
-    update_hist=True, impl="auto", eval_batch_size=500, max_steps=None,
+    update_hist=True, impl="auto", conv="auto", eval_batch_size=500, max_steps=None,
     recipe=None, scale=None, out=None, overwrite=False, progress=None,
     distributed=False,
 )
@@ -153,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
   a("--no-update-hist", dest="update_hist", action="store_false",
     help="do not histogram the update magnitudes")
   a("--impl", help=f"train-step implementation: {', '.join(IMPLS)} (default auto)")
+  a("--conv", help=f"convolution kernels: {', '.join(CONVS)} (default auto: oneDNN "
+    "on one CPU device when it builds, else XLA)")
   a("--max-steps", dest="max_steps", type=int, help="stop after N steps in total")
   a("--out", help="output directory (default runs/<model>-<optimizer>-s<seed>)")
   a("--overwrite", action="store_true", help="replace an --out holding another config")
@@ -199,6 +202,7 @@ def validate_config(cfg: dict) -> None:
   _choice("convention", cfg["convention"], CONVENTIONS)
   _choice("regularizer", cfg["regularizer"], REGULARIZERS)
   _choice("impl", cfg["impl"], IMPLS)
+  _choice("conv", cfg["conv"], CONVS)
   ds = cfg["dataset"]
   if not (ds in TFDS_DATASETS or ds == "sample" or (ds.startswith("npz:") and len(ds) > 4)):
     raise ConfigError(f"unknown dataset {ds!r}; valid choices: {', '.join(DATASET_CHOICES)}.")
@@ -224,7 +228,9 @@ def validate_config(cfg: dict) -> None:
 
 
 def semantic(cfg: dict) -> dict:
-  return {k: v for k, v in cfg.items() if k not in NON_SEMANTIC}
+  # Keys added after a run was written take their defaults, so the run still
+  # matches a config that leaves them at the default.
+  return {k: v for k, v in {**DEFAULTS, **cfg}.items() if k not in NON_SEMANTIC}
 
 
 # ----------------------------------------------------------------- optimizer
@@ -481,14 +487,14 @@ def run(cfg: dict, log=print) -> dict:
   state = step_lib.create_train_state(model, tx, seed=cfg["seed"], mesh=mesh)
   train_step = step_lib.make_train_step(
       model, tx, loss_multiplier=cfg["loss_multiplier"], augment=cfg["augment"],
-      mesh=mesh, impl=cfg["impl"])
-  eval_step = step_lib.make_eval_step(model, mesh=mesh)
+      mesh=mesh, impl=cfg["impl"], conv=cfg["conv"])
+  eval_step = step_lib.make_eval_step(model, mesh=mesh, conv=train_step.conv)
 
   resolved = dict(cfg, optax_weight_decay=optax_weight_decay(cfg),
                   num_params=count_params(model), num_classes=ds.num_classes,
                   steps_per_epoch=spe, train_size=len(ds.train),
                   test_size=len(ds.test), devices=n_dev,
-                  step_impl=train_step.impl)
+                  step_impl=train_step.impl, step_conv=train_step.conv)
   if is_main:
     if not (out / "config.json").exists():
       ckpt.atomic_write_json(out / "config.json", cfg)
@@ -625,7 +631,7 @@ def run(cfg: dict, log=print) -> dict:
       "compile_seconds_estimate": (first_step_s - med) if (first_step_s and med) else None,
       "images_per_sec": (bs / med) if med else None,
       "wall_seconds": last.get("wall_seconds"), "num_params": resolved["num_params"],
-      "step_impl": train_step.impl, "devices": n_dev,
+      "step_impl": train_step.impl, "step_conv": train_step.conv, "devices": n_dev,
   }
   if is_main:
     ckpt.atomic_write_json(summary_path, summary)

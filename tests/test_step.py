@@ -22,10 +22,17 @@ from experiments.step import (
     normalize,
 )
 
+from experiments import onednn_conv
+
 FAST_IMPLS = ["nofusion", "blockwise"]
-# name -> (impl, conv_grad_chunk); batch 8 in chunks of 4 = 2 chunks.
-CONFIGS = {"plain": ("plain", None), "nofusion": ("nofusion", None),
-           "blockwise+chunk": ("blockwise", 4), "nofusion+chunk": ("nofusion", 4)}
+# name -> (impl, conv, conv_grad_chunk); batch 8 in chunks of 4 = 2 chunks.
+# "plain" (XLA's convolutions, one jit) is the reference the others must equal.
+CONFIGS = {"plain": ("plain", "xla", None), "nofusion": ("nofusion", "xla", None),
+           "blockwise+chunk": ("blockwise", "xla", 4),
+           "nofusion+chunk": ("nofusion", "xla", 4)}
+if onednn_conv.available():
+  CONFIGS.update({f"{impl}+onednn": (impl, "onednn", None)
+                  for impl in ("plain", "nofusion", "blockwise")})
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -75,11 +82,11 @@ def setup(request):
   images, labels = _batch()
   tx = grad_capture()
   out = {}
-  for name, (impl, chunk) in CONFIGS.items():
+  for name, (impl, conv, chunk) in CONFIGS.items():
     state = create_train_state(model, tx, seed=3)
     st = make_train_step(model, tx, impl=impl, loss_multiplier=2.0,
-                         conv_grad_chunk=chunk)
-    assert st.impl == impl and st.conv_grad_chunk == (chunk or 0)
+                         conv=conv, conv_grad_chunk=chunk)
+    assert (st.impl, st.conv, st.conv_grad_chunk) == (impl, conv, chunk or 0)
     new_state, metrics = st(state, images, labels)
     out[name] = (new_state, metrics)
   ref_state = create_train_state(model, tx, seed=3)
@@ -257,17 +264,51 @@ def test_bad_input():
     make_train_step(model, tx, conv_grad_chunk=-1)
 
 
-def test_auto_impl_is_cpu_only_choice():
-  model = ResNet(8, 10, use_bn=False, rngs=nnx.Rngs(0))
+@pytest.mark.parametrize("bn", [False, True], ids=["nobn", "bn"])
+def test_auto_impl_is_cpu_only_choice(bn):
+  model = ResNet(8, 10, use_bn=bn, rngs=nnx.Rngs(0))
+  backend = jax.default_backend()
+  cpu = backend == "cpu"
   f = make_train_step(model, optax.sgd(0.1), impl="auto")
-  assert f.impl == step_lib.AUTO_IMPL.get(jax.default_backend(), "plain")
-  cpu = jax.default_backend() == "cpu"
-  assert f.conv_grad_chunk == (step_lib.AUTO_CONV_GRAD_CHUNK if cpu else 0)
-  # "plain" stays the unchunked reference under "auto".
+  conv = "onednn" if cpu and onednn_conv.available() else "xla"
+  assert f.conv == conv
+  assert f.impl == step_lib.AUTO_IMPL.get((backend, conv, bn), "plain")
+  assert f.conv_grad_chunk == (
+      step_lib.AUTO_CONV_GRAD_CHUNK if cpu and conv == "xla" else 0)
+  # With XLA's convolutions, auto chunks their weight gradients on CPU.
+  g = make_train_step(model, optax.sgd(0.1), conv="xla")
+  assert g.conv_grad_chunk == (step_lib.AUTO_CONV_GRAD_CHUNK if cpu else 0)
+  # "plain" stays the unchunked reference under "auto"; an explicit chunk
+  # means XLA's convolutions.
   assert make_train_step(model, optax.sgd(0.1), impl="plain").conv_grad_chunk == 0
+  assert make_train_step(model, optax.sgd(0.1), conv_grad_chunk=4).conv == "xla"
   # Turning fusion off is only ever chosen for XLA:CPU.
   assert all(v != "nofusion" for k, v in step_lib.AUTO_IMPL.items()
-             if k != "cpu")
+             if k[0] != "cpu")
+  # On a multi-device mesh auto keeps XLA's convolutions (checked without
+  # building one: the rule only reads the mesh's 'data' axis size).
+  class FakeMesh:
+    shape = {"data": 8}
+  assert step_lib._resolve_conv("auto", FakeMesh()) == "xla"
+  with pytest.raises(ValueError, match="conv='xla'"):
+    step_lib._resolve_conv("onednn", FakeMesh())
+
+
+def test_conv_choice_errors(monkeypatch):
+  model = ResNet(8, 10, use_bn=False, rngs=nnx.Rngs(0))
+  tx = optax.sgd(0.1)
+  with pytest.raises(ValueError, match="conv='fast'.*auto, xla, onednn"):
+    make_train_step(model, tx, conv="fast")
+  if jax.default_backend() == "cpu":
+    with pytest.raises(ValueError, match="conv_grad_chunk.*conv='xla'"):
+      make_train_step(model, tx, conv="onednn", conv_grad_chunk=4)
+  # When the kernels cannot be built, 'onednn' says why and how to fix it,
+  # and 'auto' falls back to XLA's convolutions.
+  monkeypatch.setattr(onednn_conv, "_load", lambda: "no oneDNN here; pip install X")
+  if jax.default_backend() == "cpu":
+    with pytest.raises(onednn_conv.OneDNNUnavailable, match="pip install X"):
+      make_train_step(model, tx, conv="onednn")
+  assert make_train_step(model, tx).conv == "xla"
 
 
 _MESH_SCRIPT = r"""
@@ -288,9 +329,11 @@ full = sys.argv[1] == "full"
 for bn in ((False, True) if full else (True,)):
   model = ResNet(8, 10, use_bn=bn, rngs=nnx.Rngs(0))
   tx = optax.adamw(1e-3, weight_decay=1e-2)
-  def run(impl, m, chunk="auto"):
+  def run(impl, m, chunk="auto", conv="auto"):
     state = create_train_state(model, tx, seed=5, mesh=m)
-    f = make_train_step(model, tx, impl=impl, mesh=m, conv_grad_chunk=chunk)
+    f = make_train_step(model, tx, impl=impl, mesh=m, conv=conv,
+                        conv_grad_chunk=chunk)
+    assert f.conv == "xla"  # what auto picks on a multi-device mesh
     for _ in range(2):
       state, metrics = f(state, images, labels)
     if m is not None:
@@ -298,7 +341,7 @@ for bn in ((False, True) if full else (True,)):
     return state
   # One-device plain run vs every implementation on the 8-device mesh (the
   # one-device implementations are compared with each other in this file).
-  ref = run("plain", None)
+  ref = run("plain", None, conv="xla")
   for impl in ("plain", "nofusion", "blockwise", "nofusion:4") if full else (
       "nofusion", "blockwise"):
     name, _, chunk = impl.partition(":")

@@ -1,0 +1,161 @@
+// 2-D convolutions (NHWC activations, HWIO weights, float32) on oneDNN, as XLA FFI handlers.
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+namespace {
+
+// n, h, w, c, kh, kw, k, oh, ow, stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, kind
+using Key = std::array<int64_t, 16>;
+enum Kind : int64_t { kFwd = 0, kBwdData = 1, kBwdWeights = 2 };
+
+struct Entry {
+  dnnl::primitive prim;
+  memory::desc act_a, act_b;   // the two activation-shaped operands / results
+  memory::desc wei_user, wei_prim;
+  memory::desc scratch;
+  bool reorder;
+};
+
+dnnl::engine& Engine() {
+  static dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+  return eng;
+}
+
+std::mutex& Mutex() {
+  static std::mutex m;
+  return m;
+}
+
+std::map<Key, std::shared_ptr<Entry>>& Cache() {
+  static std::map<Key, std::shared_ptr<Entry>> c;
+  return c;
+}
+
+std::shared_ptr<Entry> Build(const Key& k) {
+  auto& eng = Engine();
+  memory::dims src{k[0], k[3], k[1], k[2]}, dst{k[0], k[6], k[7], k[8]};
+  memory::dims wei{k[6], k[3], k[4], k[5]};
+  memory::dims strides{k[9], k[10]}, pl{k[11], k[13]}, pr{k[12], k[14]};
+  memory::desc src_md(src, dt::f32, tag::nhwc), dst_md(dst, dt::f32, tag::nhwc);
+  memory::desc wany(wei, dt::f32, tag::any), wuser(wei, dt::f32, tag::hwio);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  auto fwd = dnnl::convolution_forward::primitive_desc(
+      eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+      src_md, wany, dst_md, strides, pl, pr, attr);
+  auto e = std::make_shared<Entry>();
+  e->wei_user = wuser;
+  if (k[15] == kFwd) {
+    e->prim = dnnl::convolution_forward(fwd);
+    e->act_a = src_md; e->act_b = dst_md;
+    e->wei_prim = fwd.weights_desc();
+    e->scratch = fwd.scratchpad_desc();
+  } else if (k[15] == kBwdData) {
+    auto pd = dnnl::convolution_backward_data::primitive_desc(
+        eng, dnnl::algorithm::convolution_direct, src_md, wany, dst_md, strides, pl, pr, fwd, attr);
+    e->prim = dnnl::convolution_backward_data(pd);
+    e->act_a = dst_md; e->act_b = src_md;
+    e->wei_prim = pd.weights_desc();
+    e->scratch = pd.scratchpad_desc();
+  } else {
+    auto pd = dnnl::convolution_backward_weights::primitive_desc(
+        eng, dnnl::algorithm::convolution_direct, src_md, wany, dst_md, strides, pl, pr, fwd, attr);
+    e->prim = dnnl::convolution_backward_weights(pd);
+    e->act_a = src_md; e->act_b = dst_md;
+    e->wei_prim = pd.diff_weights_desc();
+    e->scratch = pd.scratchpad_desc();
+  }
+  e->reorder = !(e->wei_prim == e->wei_user);
+  return e;
+}
+
+ffi::Error Run(int64_t kind, const int64_t* nhwc, const int64_t* hwio, const int64_t* out_nhwc,
+               ffi::Span<const int64_t> geom, void* a, void* b, void* out) {
+  if (geom.size() != 6) return ffi::Error(ffi::ErrorCode::kInvalidArgument, "geometry must have 6 entries");
+  Key k{nhwc[0], nhwc[1], nhwc[2], nhwc[3], hwio[0], hwio[1], hwio[3], out_nhwc[1], out_nhwc[2],
+        geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], kind};
+  try {
+    std::lock_guard<std::mutex> lock(Mutex());
+    auto& cache = Cache();
+    auto it = cache.find(k);
+    if (it == cache.end()) it = cache.emplace(k, Build(k)).first;
+    Entry& e = *it->second;
+    auto& eng = Engine();
+    dnnl::stream strm(eng);
+    std::vector<char> scratch_buf(e.scratch.get_size());
+    memory scratch(e.scratch, eng, scratch_buf.data());
+    std::vector<char> wbuf;
+    if (kind == kFwd || kind == kBwdData) {
+      // a: activation input, b: user weights, out: activation output
+      memory wu(e.wei_user, eng, b);
+      memory wp = wu;
+      if (e.reorder) {
+        wbuf.resize(e.wei_prim.get_size());
+        wp = memory(e.wei_prim, eng, wbuf.data());
+        dnnl::reorder(wu, wp).execute(strm, wu, wp);
+      }
+      memory ma(e.act_a, eng, a), mo(e.act_b, eng, out);
+      if (kind == kFwd)
+        e.prim.execute(strm, {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, wp}, {DNNL_ARG_DST, mo}, {DNNL_ARG_SCRATCHPAD, scratch}});
+      else
+        e.prim.execute(strm, {{DNNL_ARG_DIFF_DST, ma}, {DNNL_ARG_WEIGHTS, wp}, {DNNL_ARG_DIFF_SRC, mo}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    } else {
+      // a: src, b: diff_dst, out: user-format weight gradient
+      memory ms(e.act_a, eng, a), md(e.act_b, eng, b), wu(e.wei_user, eng, out);
+      memory wp = wu;
+      if (e.reorder) {
+        wbuf.resize(e.wei_prim.get_size());
+        wp = memory(e.wei_prim, eng, wbuf.data());
+      }
+      e.prim.execute(strm, {{DNNL_ARG_SRC, ms}, {DNNL_ARG_DIFF_DST, md}, {DNNL_ARG_DIFF_WEIGHTS, wp}, {DNNL_ARG_SCRATCHPAD, scratch}});
+      if (e.reorder) dnnl::reorder(wp, wu).execute(strm, wp, wu);
+    }
+    strm.wait();
+  } catch (const dnnl::error& err) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + err.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Fwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
+               ffi::Span<const int64_t> geom) {
+  return Run(kFwd, x.dimensions().begin(), w.dimensions().begin(), y->dimensions().begin(), geom,
+             x.untyped_data(), w.untyped_data(), y->untyped_data());
+}
+
+ffi::Error BwdData(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
+                   ffi::Span<const int64_t> geom) {
+  return Run(kBwdData, dx->dimensions().begin(), w.dimensions().begin(), g.dimensions().begin(), geom,
+             g.untyped_data(), w.untyped_data(), dx->untyped_data());
+}
+
+ffi::Error BwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> dw,
+                      ffi::Span<const int64_t> geom) {
+  return Run(kBwdWeights, x.dimensions().begin(), dw->dimensions().begin(), g.dimensions().begin(), geom,
+             x.untyped_data(), g.untyped_data(), dw->untyped_data());
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ProxoptConvFwd, Fwd,
+    ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+        .Ret<ffi::Buffer<ffi::F32>>().Attr<ffi::Span<const int64_t>>("geometry"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ProxoptConvBwdData, BwdData,
+    ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+        .Ret<ffi::Buffer<ffi::F32>>().Attr<ffi::Span<const int64_t>>("geometry"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ProxoptConvBwdWeights, BwdWeights,
+    ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+        .Ret<ffi::Buffer<ffi::F32>>().Attr<ffi::Span<const int64_t>>("geometry"));

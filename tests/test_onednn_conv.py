@@ -1,0 +1,152 @@
+"""Tests of experiments.onednn_conv: the oneDNN convolutions equal XLA's
+(forward, input and weight gradients), fall back to lax where unsupported,
+work under jit/vmap, and fail with an actionable message when unavailable."""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from experiments import onednn_conv
+
+DN = ("NHWC", "HWIO", "NHWC")
+needs_onednn = pytest.mark.skipif(
+    not onednn_conv.available(),
+    reason=f"oneDNN kernels unavailable: {onednn_conv.unavailable_reason()}")
+
+
+@pytest.mark.skipif(
+    not (sys.platform == "linux" and platform.machine() == "x86_64"),
+    reason="the onednn-cpu-gomp wheel is only installed on x86-64 Linux")
+def test_kernels_build_on_x86_linux():
+  # pyproject installs oneDNN here, so the fast path must not silently vanish.
+  assert onednn_conv.available(), onednn_conv.unavailable_reason()
+
+
+def _custom_calls(f, *args):
+  return jax.jit(f).lower(*args).as_text().count("ProxoptConv")
+
+
+def _close(got, ref, tol=2e-5):
+  got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+  np.testing.assert_allclose(got, ref, rtol=0, atol=tol * max(np.abs(ref).max(), 1e-12))
+
+
+# (batch, H, W, C, K, kernel, strides, padding): ResNet shapes and odd ones.
+CASES = [
+    (4, 8, 8, 3, 16, (3, 3), (1, 1), ((1, 1), (1, 1))),
+    (4, 8, 8, 16, 32, (3, 3), (2, 2), ((1, 1), (1, 1))),
+    (3, 9, 7, 5, 6, (3, 3), (2, 2), "SAME"),
+    (2, 9, 9, 4, 3, (3, 2), (1, 2), "VALID"),
+    (2, 6, 6, 4, 5, (1, 1), (1, 1), ((0, 0), (0, 0))),
+    (1, 7, 7, 2, 3, (5, 5), (1, 1), ((2, 0), (1, 3))),
+]
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", CASES, ids=[str(i) for i in range(len(CASES))])
+def test_forward_and_gradients_equal_lax(case):
+  n, h, w, c, k, ksz, strides, padding = case
+  keys = jax.random.split(jax.random.key(1), 3)
+  x = jax.random.normal(keys[0], (n, h, w, c))
+  kern = jax.random.normal(keys[1], (*ksz, c, k))
+
+  def loss(x, kern, conv):
+    y = conv(x, kern, strides, padding, dimension_numbers=DN)
+    return jnp.sum(jnp.sin(y)), y
+
+  f = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True), static_argnums=2)
+  (_, y), (dx, dk) = f(x, kern, onednn_conv.conv_general_dilated)
+  (_, y_ref), (dx_ref, dk_ref) = f(x, kern, lax.conv_general_dilated)
+  assert y.shape == y_ref.shape
+  _close(y, y_ref)
+  _close(dx, dx_ref)
+  _close(dk, dk_ref)
+  # The oneDNN path really ran: forward, input and weight gradient kernels.
+  g = lambda x, kern: jax.grad(lambda x, kern: loss(x, kern, onednn_conv.conv_general_dilated)[0], (0, 1))(x, kern)
+  assert _custom_calls(g, x, kern) == 3
+
+
+@needs_onednn
+def test_float64_reference_on_resnet_block_shape():
+  # An independent reference: the convolution written as a sum of shifted
+  # matrix products in float64 NumPy.
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(8, 16, 16, 16)).astype(np.float32)
+  kern = rng.normal(size=(3, 3, 16, 16)).astype(np.float32)
+  y = onednn_conv.conv_general_dilated(jnp.asarray(x), jnp.asarray(kern), (1, 1),
+                                       ((1, 1), (1, 1)), dimension_numbers=DN)
+  xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+  ref = sum(np.einsum("nhwc,ck->nhwk", xp[:, i:i + 16, j:j + 16], kern[i, j])
+            for i in range(3) for j in range(3))
+  _close(y, ref, tol=1e-6)
+
+
+@needs_onednn
+def test_unsupported_arguments_fall_back_to_lax():
+  x = jnp.ones((2, 6, 6, 4)); kern = jnp.ones((3, 3, 4, 4))
+  conv = onednn_conv.conv_general_dilated
+  cases = {
+      "bfloat16": lambda: conv(x.astype(jnp.bfloat16), kern.astype(jnp.bfloat16),
+                               (1, 1), "SAME", dimension_numbers=DN),
+      "dilation": lambda: conv(x, kern, (1, 1), "SAME", rhs_dilation=(2, 2),
+                               dimension_numbers=DN),
+      "groups": lambda: conv(x, kern[:, :, :2], (1, 1), "SAME", dimension_numbers=DN,
+                             feature_group_count=2),
+      "NCHW": lambda: conv(x.transpose(0, 3, 1, 2), kern, (1, 1), "SAME",
+                           dimension_numbers=("NCHW", "HWIO", "NCHW")),
+  }
+  for name, f in cases.items():
+    text = jax.jit(f).lower().as_text()
+    assert "ProxoptConv" not in text, name
+    assert "convolution" in text, name
+  assert _custom_calls(lambda: conv(x, kern, (1, 1), "SAME", dimension_numbers=DN)) == 1
+
+
+@needs_onednn
+def test_vmap_and_nnx_conv():
+  from flax import nnx
+  x = jax.random.normal(jax.random.key(0), (3, 2, 8, 8, 4))
+  layer = nnx.Conv(4, 6, (3, 3), rngs=nnx.Rngs(0))
+  ref = jax.vmap(layer)(x)
+  layer.conv_general_dilated = onednn_conv.conv_general_dilated
+  _close(jax.vmap(layer)(x), ref)
+  clone = onednn_conv.with_onednn_convs(nnx.Sequential(nnx.Conv(4, 6, (3, 3), rngs=nnx.Rngs(0))))
+  assert clone.layers[0].conv_general_dilated is onednn_conv.conv_general_dilated
+
+
+def test_missing_onednn_names_the_fix(monkeypatch, tmp_path):
+  monkeypatch.setenv("ONEDNN_ROOT", str(tmp_path))
+  monkeypatch.setattr(onednn_conv, "_onednn_roots", lambda: [tmp_path])
+  with pytest.raises(onednn_conv.OneDNNUnavailable, match="pip install onednn-cpu-gomp"):
+    onednn_conv._find_onednn()
+  monkeypatch.setattr(onednn_conv, "_load", lambda: "oneDNN headers and library not found")
+  assert not onednn_conv.available()
+  with pytest.raises(onednn_conv.OneDNNUnavailable, match="not found"):
+    onednn_conv.require()
+  # Unavailable kernels: the drop-in still computes, through lax.
+  x = jnp.ones((2, 5, 5, 3)); kern = jnp.ones((3, 3, 3, 2))
+  y = onednn_conv.conv_general_dilated(x, kern, (1, 1), "SAME", dimension_numbers=DN)
+  _close(y, lax.conv_general_dilated(x, kern, (1, 1), "SAME", dimension_numbers=DN))
+
+
+@needs_onednn
+def test_build_is_cached_and_failed_builds_leave_nothing(monkeypatch, tmp_path):
+  monkeypatch.setenv("PROXOPT_CACHE_DIR", str(tmp_path))
+  first = onednn_conv.build()
+  mtime = first.stat().st_mtime_ns
+  assert onednn_conv.build() == first and first.stat().st_mtime_ns == mtime
+  # A compiler that fails: a clear error with its output, no partial file.
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  monkeypatch.setenv("PROXOPT_CACHE_DIR", str(bad))
+  monkeypatch.setenv("CXX", "false")
+  with pytest.raises(onednn_conv.OneDNNUnavailable, match="building onednn_conv.cc failed"):
+    onednn_conv.build()
+  assert list(bad.iterdir()) == []
