@@ -54,20 +54,24 @@ def train_table(d: dict) -> str:
   lines = [
       f"Machine: {_machine(d['machine'])}.",
       "",
-      "| model | BN | batch | JAX impl | JAX s/step | torch s/step (threads) "
-      "| JAX / best torch | JAX img/s | JAX compile s |",
-      "|---|---|---:|---|---:|---|---:|---:|---:|",
+      "| model | BN | batch | JAX impl / conv | JAX s/step | torch NCHW s/step "
+      "(threads) | torch channels-last s/step (threads) | JAX / best torch "
+      "| JAX img/s | JAX compile s |",
+      "|---|---|---:|---|---:|---|---|---:|---:|---:|",
   ]
   for r in d["results"]:
     by = r.get("torch_step_s_by_threads", {str(r.get("torch_threads")):
                                            r["torch_step_s"]})
+    cl = r.get("torch_cl_step_s_by_threads", {})
     impl = r["impl"] if r["impl"] == r.get("impl_resolved") else (
         f"{r['impl']} ({r.get('impl_resolved')})")
+    impl += f" / {r.get('conv_resolved', 'xla')}"
     best = r.get("torch_best_step_s", r["torch_step_s"])
     lines.append(
         f"| {r['model']} | {'on' if r['bn'] else 'off'} | {r['batch']} | "
         f"{impl} | {r['jax_step_s']:.2f} | "
-        + ", ".join(f"{v:.2f} ({k}t)" for k, v in by.items())
+        + ", ".join(f"{v:.2f} ({k}t)" for k, v in by.items()) + " | "
+        + (", ".join(f"{v:.2f} ({k}t)" for k, v in cl.items()) or "-")
         + f" | {r['jax_step_s'] / best:.2f} | {r['jax_images_per_s']:.0f} | "
         f"{r['compile_s']:.1f} |")
   return "\n".join(lines)

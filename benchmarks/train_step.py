@@ -8,7 +8,12 @@ train step (forward, softmax cross-entropy, backward, optimizer update) of
 ``experiments.models``, state donated, ``impl`` as given; ``auto`` is the
 step the experiments use) against the same network, init scheme and
 optimizer in PyTorch (``benchmarks/torch_peer.py``, ``torch.set_num_threads``
-= all cores). Both sides get the same fixed batch; augmentation is off on the
+= all cores), in both of PyTorch's memory formats: NCHW (``torch_step_s``)
+and channels-last (``torch_cl_step_s``; oneDNN's convolutions are faster on
+it here, and it is the layout of the JAX step). ``jax_over_torch_best`` is
+the JAX step over the fastest PyTorch configuration timed. ``conv`` is the
+JAX step's convolution kernels (``experiments.step.make_train_step(conv=)``).
+Both sides get the same fixed batch; augmentation is off on the
 JAX side (the PyTorch peer gets pre-normalised tensors, as a DataLoader would
 hand it), so both time the model and the optimizer only. JAX and PyTorch
 steps run interleaved; the statistic is the median. ``--also-threads 1``
@@ -22,8 +27,10 @@ skips configurations already in FILE)::
 
   {"machine": {...},
    "results": [{"model": "resnet20", "bn": false, "batch": 128, "impl": "auto",
+                "conv": "auto", "conv_resolved": "onednn",
                 "jax_step_s", "torch_step_s", "compile_s", "jax_over_torch",
-                "torch_step_s_by_threads",
+                "torch_step_s_by_threads", "torch_cl_step_s_by_threads",
+                "torch_best_step_s", "torch_best_config", "jax_over_torch_best",
                 "jax_images_per_s", "torch_images_per_s", "reps", ...}]}
 """
 
@@ -61,7 +68,8 @@ def _torch_opt(model, name: str):
 
 
 def bench_config(depth: int, bn: bool, batch: int, impl: str, optimizer: str,
-                 reps: int, threads: int, extra_threads=()) -> dict:
+                 reps: int, threads: int, extra_threads=(), conv: str = "auto"
+                 ) -> dict:
   import jax
   import torch
   from experiments.models.resnet import ResNet
@@ -77,7 +85,7 @@ def bench_config(depth: int, bn: bool, batch: int, impl: str, optimizer: str,
 
   model = ResNet(depth, 10, bn, rngs=nnx.Rngs(0))
   tx = _jax_tx(optimizer)
-  step = make_train_step(model, tx, augment=False, impl=impl)
+  step = make_train_step(model, tx, augment=False, impl=impl, conv=conv)
   box = {"state": create_train_state(model, tx, seed=0)}
   images_dev, labels_dev = jax.device_put(images), jax.device_put(labels)
 
@@ -89,65 +97,81 @@ def bench_config(depth: int, bn: bool, batch: int, impl: str, optimizer: str,
   jax_step()
   first_call = time.perf_counter() - t0
 
-  tmodel = torch_peer.make_resnet(depth, bn=bn, seed=0)
-  topt = _torch_opt(tmodel, optimizer)
-  tstep = torch_peer.make_train_step(tmodel, topt)
   # The same images, normalised by the JAX step's own function, in NCHW.
   x = np.asarray(normalize(jax.numpy.asarray(images))).transpose(0, 3, 1, 2)
-  timages = torch.from_numpy(np.ascontiguousarray(x))
   tlabels = torch.from_numpy(labels.astype(np.int64))
+  tsteps = {}
+  for fmt, memory_format in (("nchw", torch.contiguous_format),
+                             ("cl", torch.channels_last)):
+    # One model and optimizer per format, from the same seed.
+    tmodel = torch_peer.make_resnet(depth, bn=bn, seed=0).to(
+        memory_format=memory_format)
+    timages = torch.from_numpy(np.ascontiguousarray(x)).contiguous(
+        memory_format=memory_format)
+    tsteps[fmt] = (torch_peer.make_train_step(tmodel, _torch_opt(tmodel, optimizer)),
+                   timages)
 
-  def torch_step(n):
+  def torch_step(fmt, n):
+    tstep, timages = tsteps[fmt]
+
     def run():
       torch.set_num_threads(n)
       tstep(timages, tlabels)
     return run
 
-  cands = {"jax": jax_step, "torch": torch_step(threads)}
-  for n in extra_threads:
-    if n != threads:
-      cands[f"torch_{n}"] = torch_step(n)
+  cands = {"jax": jax_step}
+  for n in [threads, *[t for t in extra_threads if t != threads]]:
+    cands[f"torch_nchw_{n}"] = torch_step("nchw", n)
+    cands[f"torch_cl_{n}"] = torch_step("cl", n)
   times = common.interleaved(cands, reps, warmup=1, progress=False)
   torch.set_num_threads(threads)
-  jm, tm = common.median(times["jax"]), common.median(times["torch"])
-  by_threads = {str(threads): tm}
-  by_threads.update({k[len("torch_"):]: common.median(v)
-                     for k, v in times.items() if k.startswith("torch_")})
+  med = {k: common.median(v) for k, v in times.items()}
+  jm, tm = med["jax"], med[f"torch_nchw_{threads}"]
+  by_threads = {k.split("_")[-1]: v for k, v in med.items()
+                if k.startswith("torch_nchw_")}
+  cl_by_threads = {k.split("_")[-1]: v for k, v in med.items()
+                   if k.startswith("torch_cl_")}
+  best = min((v, k[len("torch_"):]) for k, v in med.items() if k != "jax")
   return {
       "model": f"resnet{depth}", "bn": bn, "batch": batch,
       "impl": impl, "impl_resolved": getattr(step, "impl", impl),
+      "conv": conv, "conv_resolved": getattr(step, "conv", conv),
       "optimizer": optimizer, "jax_step_s": jm, "torch_step_s": tm,
       "torch_threads": threads, "torch_step_s_by_threads": by_threads,
-      "torch_best_step_s": min(by_threads.values()),
-      "jax_over_torch_best": jm / min(by_threads.values()),
+      "torch_cl_step_s": med[f"torch_cl_{threads}"],
+      "torch_cl_step_s_by_threads": cl_by_threads,
+      "torch_best_step_s": best[0], "torch_best_config": best[1],
+      "jax_over_torch_best": jm / best[0],
       "compile_s": max(first_call - jm, 0.0), "first_call_s": first_call,
       "jax_over_torch": jm / tm, "jax_images_per_s": batch / jm,
       "torch_images_per_s": batch / tm, "reps": reps,
       "jax_q25_s": float(np.quantile(times["jax"], 0.25)),
       "jax_q75_s": float(np.quantile(times["jax"], 0.75)),
-      "torch_q25_s": float(np.quantile(times["torch"], 0.25)),
-      "torch_q75_s": float(np.quantile(times["torch"], 0.75)),
+      "torch_q25_s": float(np.quantile(times[f"torch_nchw_{threads}"], 0.25)),
+      "torch_q75_s": float(np.quantile(times[f"torch_nchw_{threads}"], 0.75)),
       "loadavg": list(os.getloadavg()),
   }
 
 
 def _key(r):
-  return (r["model"], r["bn"], r["batch"], r["impl"], r["optimizer"])
+  return (r["model"], r["bn"], r["batch"], r["impl"], r.get("conv", "auto"),
+          r["optimizer"])
 
 
 def print_table(out: dict) -> None:
-  print(f"{'model':10s} {'bn':5s} {'impl':10s} {'jax s':>8s} {'torch s':>8s} "
-        f"{'jax/torch':>9s} {'jax img/s':>10s} {'torch img/s':>11s} "
-        f"{'compile s':>9s}  torch s by threads")
+  print(f"{'model':10s} {'bn':5s} {'impl/conv':22s} {'jax s':>8s} "
+        f"{'best torch s':>12s} {'jax/best':>8s} {'jax img/s':>10s} "
+        f"{'compile s':>9s}  torch s (nchw | channels-last) by threads")
   for r in out["results"]:
-    impl = r["impl"] if r["impl"] == r["impl_resolved"] else (
-        f"{r['impl']}={r['impl_resolved']}")
-    print(f"{r['model']:10s} {str(r['bn']):5s} {impl:10s} "
-          f"{r['jax_step_s']:8.3f} {r['torch_step_s']:8.3f} "
-          f"{r['jax_over_torch']:9.2f} {r['jax_images_per_s']:10.1f} "
-          f"{r['torch_images_per_s']:11.1f} {r['compile_s']:9.2f}  "
+    impl = f"{r['impl']}={r['impl_resolved']}/{r.get('conv_resolved', 'xla')}"
+    print(f"{r['model']:10s} {str(r['bn']):5s} {impl:22s} "
+          f"{r['jax_step_s']:8.3f} {r['torch_best_step_s']:12.3f} "
+          f"{r['jax_over_torch_best']:8.2f} {r['jax_images_per_s']:10.1f} "
+          f"{r['compile_s']:9.2f}  "
           + " ".join(f"{k}t={v:.3f}" for k, v in
-                     r.get("torch_step_s_by_threads", {}).items()))
+                     r.get("torch_step_s_by_threads", {}).items()) + " | "
+          + " ".join(f"{k}t={v:.3f}" for k, v in
+                     r.get("torch_cl_step_s_by_threads", {}).items()))
 
 
 def parse_args(argv=None):
@@ -168,6 +192,9 @@ def parse_args(argv=None):
   ap.add_argument("--impls", default="auto",
                   help="comma-separated experiments.step impls "
                   "(auto, plain, nofusion, blockwise)")
+  ap.add_argument("--convs", default="auto",
+                  help="comma-separated convolution kernels of the JAX step "
+                  "(auto, xla, onednn)")
   ap.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
   ap.add_argument("--reps", type=int, default=None,
                   help="interleaved rounds (default 5; 2 with --quick)")
@@ -201,6 +228,10 @@ def parse_args(argv=None):
   for i in args.impls:
     if i not in valid:
       ap.error(f"--impls: unknown {i!r}; valid: {', '.join(valid)}")
+  args.convs = [c for c in args.convs.split(",") if c]
+  for c in args.convs:
+    if c not in ("auto", "xla", "onednn"):
+      ap.error(f"--convs: unknown {c!r}; valid: auto, xla, onednn")
   if args.batch < 1:
     ap.error("--batch must be >= 1")
   if args.reps is not None and args.reps < 1:
@@ -220,19 +251,20 @@ def main(argv=None) -> dict:
   out.setdefault("results", [])
   done = {_key(r) for r in out["results"]}
   reps = args.reps or (2 if args.quick else 5)
-  configs = [(d, bn, impl) for d in args.depths for bn in args.bn
-             for impl in args.impls]
-  for i, (d, bn, impl) in enumerate(configs):
-    key = (f"resnet{d}", bn, args.batch, impl, args.optimizer)
+  configs = [(d, bn, impl, conv) for d in args.depths for bn in args.bn
+             for impl in args.impls for conv in args.convs]
+  for i, (d, bn, impl, conv) in enumerate(configs):
+    key = (f"resnet{d}", bn, args.batch, impl, conv, args.optimizer)
     if key in done:
       common.log(f"[{i + 1}/{len(configs)}] {key} already done; skipping")
       continue
     common.log(f"[{i + 1}/{len(configs)}] resnet{d} bn={bn} impl={impl} "
-               f"batch={args.batch}: {reps} interleaved rounds ...")
+               f"conv={conv} batch={args.batch}: {reps} interleaved rounds ...")
     row = bench_config(d, bn, args.batch, impl, args.optimizer, reps,
-                       args.threads, args.also_threads)
-    common.log(f"    jax {row['jax_step_s']:.3f} s, torch "
-               f"{row['torch_step_s']:.3f} s, ratio {row['jax_over_torch']:.2f}")
+                       args.threads, args.also_threads, conv)
+    common.log(f"    jax {row['jax_step_s']:.3f} s, best torch "
+               f"{row['torch_best_step_s']:.3f} s ({row['torch_best_config']}), "
+               f"ratio {row['jax_over_torch_best']:.2f}")
     out["results"].append(row)
     if args.json:
       common.write_json_atomic(args.json, out)

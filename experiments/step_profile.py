@@ -3,7 +3,8 @@
 Run as ``python -m experiments.step --profile-depths`` (see ``--help``). For
 each model (depth, BN on/off) it builds one train step per implementation
 (``experiments.step``) and the PyTorch peer (``benchmarks.torch_peer``, same
-network, AdamW, with 1 and with 2 intra-op threads), then times them
+network, AdamW, with 1 and with 2 intra-op threads, in NCHW and in
+channels-last memory format), then times them
 interleaved (A B C A B C ...) on one fixed random batch, so that load from other
 processes hits all candidates alike. Reported per candidate: median and minimum seconds per step,
 and the compile time (first call minus the median step). The machine's load
@@ -61,31 +62,34 @@ def measure_model(depth: int, bn: bool, impls: list[str], batch: int,
 
   runners = {}
   for spec in impls:
-    impl, chunk = parse_impl(spec)
+    impl, chunk, conv = parse_impl(spec)
     holder = {"state": create_train_state(model, tx, seed=0)}
-    step = make_train_step(model, tx, impl=impl, conv_grad_chunk=chunk)
+    step = make_train_step(model, tx, impl=impl, conv=conv,
+                           conv_grad_chunk=chunk)
 
     def run(step=step, holder=holder):
       holder["state"], m = step(holder["state"], images, labels)
       jax.block_until_ready((holder["state"], m))
-    runners[impl + (f"+chunk{chunk}" if chunk else "")] = run
+    runners[candidate_name(spec)] = run
 
   if torch_threads:
     import torch
     from benchmarks import torch_peer
-    tmodel = torch_peer.make_resnet(depth, bn=bn)
-    tstep = torch_peer.make_train_step(
-        tmodel, torch_peer.make_optimizer(tmodel, "adamw", 1e-3, 1e-4))
-    timages = torch.from_numpy(
-        (images.astype(np.float32) / 255.0).transpose(0, 3, 1, 2).copy())
     tlabels = torch.from_numpy(labels)
-    for n in torch_threads:
-      def run_torch(n=n):
-        # One model, stepped with n intra-op threads (set per call: the
-        # candidates are interleaved).
-        torch.set_num_threads(n)
-        tstep(timages, tlabels)
-      runners[f"torch_{n}t"] = run_torch
+    x = (images.astype(np.float32) / 255.0).transpose(0, 3, 1, 2).copy()
+    for fmt, memory_format in (("", torch.contiguous_format),
+                               ("cl_", torch.channels_last)):
+      tmodel = torch_peer.make_resnet(depth, bn=bn).to(memory_format=memory_format)
+      tstep = torch_peer.make_train_step(
+          tmodel, torch_peer.make_optimizer(tmodel, "adamw", 1e-3, 1e-4))
+      timages = torch.from_numpy(x).contiguous(memory_format=memory_format)
+      for n in torch_threads:
+        def run_torch(n=n, tstep=tstep, timages=timages):
+          # One model per memory format, stepped with n intra-op threads (set
+          # per call: the candidates are interleaved).
+          torch.set_num_threads(n)
+          tstep(timages, tlabels)
+        runners[f"torch_{fmt}{n}t"] = run_torch
 
   first, times = {}, {k: [] for k in runners}
   for name, run in runners.items():
@@ -112,10 +116,21 @@ def measure_model(depth: int, bn: bool, impls: list[str], batch: int,
   return out
 
 
-def parse_impl(spec: str) -> tuple[str, int]:
-  """``"nofusion:8"`` -> ("nofusion", 8): impl, weight-gradient chunk (0 = off)."""
+def parse_impl(spec: str) -> tuple[str, int, str]:
+  """A candidate spec -> (impl, weight-gradient chunk (0 = off), conv).
+
+  ``"nofusion"`` -> ("nofusion", 0, "xla"); ``"nofusion:8"`` -> ("nofusion",
+  8, "xla"); ``"nofusion+onednn"`` -> ("nofusion", 0, "onednn").
+  """
+  spec, plus, conv = spec.partition("+")
   impl, _, chunk = spec.partition(":")
-  return impl, int(chunk) if chunk else 0
+  return impl, int(chunk) if chunk else 0, conv if plus else "xla"
+
+
+def candidate_name(spec: str) -> str:
+  impl, chunk, conv = parse_impl(spec)
+  return impl + (f"+chunk{chunk}" if chunk else "") + (
+      "+onednn" if conv == "onednn" else "")
 
 
 def best_peer(timings: dict) -> str | None:
@@ -209,10 +224,12 @@ def main(argv: list[str] | None = None) -> int:
                  help="no-BN depths (comma-separated 6n+2)")
   p.add_argument("--bn-depths", default="20,56", help="depths also run with BN")
   p.add_argument("--impls",
-                 default="plain,nofusion,blockwise,nofusion:8,blockwise:8",
-                 help="step implementations to time, each IMPL or IMPL:CHUNK "
-                      "(CHUNK = images per conv weight-gradient chunk, "
-                      "default 0 = XLA's whole-batch one)")
+                 default="plain,nofusion:8,blockwise:8,plain+onednn,"
+                         "nofusion+onednn,blockwise+onednn",
+                 help="step implementations to time, each IMPL, IMPL:CHUNK "
+                      "(XLA convolutions; CHUNK = images per conv "
+                      "weight-gradient chunk, default 0 = XLA's whole-batch "
+                      "one) or IMPL+onednn (oneDNN convolutions)")
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--reps", type=int, default=5, help="timed steps per candidate")
   p.add_argument("--torch-threads", default="1,2",
@@ -239,11 +256,15 @@ def main(argv: list[str] | None = None) -> int:
   from experiments.step import IMPLS
   impls = [i for i in a.impls.split(",") if i]
   try:
-    unknown = [i for i in impls if parse_impl(i)[0] not in IMPLS]
+    unknown = [i for i in impls if parse_impl(i)[0] not in IMPLS
+               or parse_impl(i)[2] not in ("xla", "onednn")
+               or (parse_impl(i)[1] and parse_impl(i)[2] == "onednn")]
   except ValueError:
-    p.error(f"--impls entries are IMPL or IMPL:CHUNK (an int), got {a.impls!r}")
+    p.error(f"--impls entries are IMPL, IMPL:CHUNK (an int) or IMPL+onednn, "
+            f"got {a.impls!r}")
   if unknown:
-    p.error(f"unknown --impls {unknown}; valid choices: {', '.join(IMPLS)}")
+    p.error(f"unknown --impls {unknown}; valid: IMPL, IMPL:CHUNK or "
+            f"IMPL+onednn with IMPL one of {', '.join(IMPLS)}")
   if a.batch < 1 or a.reps < 1:
     p.error("--batch and --reps must be >= 1")
 

@@ -271,9 +271,17 @@ def test_train_step_quick_json(tmp_path):
   assert r["jax_images_per_s"] == pytest.approx(8 / r["jax_step_s"])
   assert r["first_call_s"] >= r["compile_s"]
   assert set(r["torch_step_s_by_threads"]) == {"1", "2"}
+  assert set(r["torch_cl_step_s_by_threads"]) == {"1", "2"}
   assert r["torch_step_s_by_threads"]["2"] == r["torch_step_s"]
-  assert r["torch_best_step_s"] == min(r["torch_step_s_by_threads"].values())
+  assert r["torch_cl_step_s_by_threads"]["2"] == r["torch_cl_step_s"]
+  # The best PyTorch is the fastest of both memory formats and thread counts.
+  every = {**{f"nchw_{k}": v for k, v in r["torch_step_s_by_threads"].items()},
+           **{f"cl_{k}": v for k, v in r["torch_cl_step_s_by_threads"].items()}}
+  assert r["torch_best_step_s"] == min(every.values())
+  assert every[r["torch_best_config"]] == r["torch_best_step_s"]
+  assert r["jax_over_torch_best"] == pytest.approx(r["jax_step_s"] / r["torch_best_step_s"])
+  assert r["conv"] == "auto" and r["conv_resolved"] in ("onednn", "xla")
   for argv in (["--depths", "21"], ["--bn", "maybe"], ["--impls", "fast"],
-               ["--also-threads", "x"], ["--threads", "0"]):
+               ["--also-threads", "x"], ["--threads", "0"], ["--convs", "cudnn"]):
     with pytest.raises(SystemExit):
       train_step.parse_args(argv)

@@ -385,7 +385,11 @@ def test_eight_device_mesh_equals_one_device_all_impls():
 
 def test_profile_cli_rejects_bad_input_and_draws(tmp_path):
   from experiments import step_profile
-  for argv in (["--depths", "21"], ["--impls", "fast"], ["--depths", "x"]):
+  assert step_profile.parse_impl("nofusion:8") == ("nofusion", 8, "xla")
+  assert step_profile.parse_impl("plain+onednn") == ("plain", 0, "onednn")
+  assert step_profile.candidate_name("blockwise+onednn") == "blockwise+onednn"
+  for argv in (["--depths", "21"], ["--impls", "fast"], ["--depths", "x"],
+               ["--impls", "plain+cudnn"], ["--impls", "nofusion:8+onednn"]):
     with pytest.raises(SystemExit):
       step_profile.main(["--profile-depths", "--out", str(tmp_path / "r.json"),
                          *argv])
