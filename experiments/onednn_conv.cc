@@ -1,5 +1,14 @@
 // 2-D convolutions (NHWC activations, HWIO weights, float32) on oneDNN, as XLA FFI handlers.
+//
+// Three handlers, one per oneDNN primitive: forward, backward-data (input
+// gradient) and backward-weights (weight gradient). Activations stay in the
+// caller's NHWC layout; weights are reordered between JAX's HWIO and the
+// blocked layout oneDNN picks (a few KB per call). Primitives are built once
+// per shape and cached. Calls are serialised: each one already uses every core
+// through oneDNN's OpenMP threads. Built by experiments/onednn_conv.py.
 #include <array>
+#include <cstdlib>
+#include <new>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -43,6 +52,25 @@ std::map<Key, std::shared_ptr<Entry>>& Cache() {
   static std::map<Key, std::shared_ptr<Entry>> c;
   return c;
 }
+
+// Scratch space reused across calls (they are serialised by Mutex()), grown
+// on demand and 64-byte aligned; not zeroed: oneDNN initialises what it reads.
+struct Scratch {
+  void* ptr = nullptr;
+  size_t size = 0;
+  void* Get(size_t n) {
+    if (n > size) {
+      std::free(ptr);
+      size = (n + 63) / 64 * 64;
+      ptr = std::aligned_alloc(64, size);
+      if (!ptr) { size = 0; throw std::bad_alloc(); }
+    }
+    return ptr;
+  }
+};
+
+Scratch& ScratchSpace() { static Scratch s; return s; }
+Scratch& WeightSpace() { static Scratch s; return s; }
 
 std::shared_ptr<Entry> Build(const Key& k) {
   auto& eng = Engine();
@@ -95,16 +123,13 @@ ffi::Error Run(int64_t kind, const int64_t* nhwc, const int64_t* hwio, const int
     Entry& e = *it->second;
     auto& eng = Engine();
     dnnl::stream strm(eng);
-    std::vector<char> scratch_buf(e.scratch.get_size());
-    memory scratch(e.scratch, eng, scratch_buf.data());
-    std::vector<char> wbuf;
+    memory scratch(e.scratch, eng, ScratchSpace().Get(e.scratch.get_size()));
     if (kind == kFwd || kind == kBwdData) {
       // a: activation input, b: user weights, out: activation output
       memory wu(e.wei_user, eng, b);
       memory wp = wu;
       if (e.reorder) {
-        wbuf.resize(e.wei_prim.get_size());
-        wp = memory(e.wei_prim, eng, wbuf.data());
+        wp = memory(e.wei_prim, eng, WeightSpace().Get(e.wei_prim.get_size()));
         dnnl::reorder(wu, wp).execute(strm, wu, wp);
       }
       memory ma(e.act_a, eng, a), mo(e.act_b, eng, out);
@@ -117,8 +142,7 @@ ffi::Error Run(int64_t kind, const int64_t* nhwc, const int64_t* hwio, const int
       memory ms(e.act_a, eng, a), md(e.act_b, eng, b), wu(e.wei_user, eng, out);
       memory wp = wu;
       if (e.reorder) {
-        wbuf.resize(e.wei_prim.get_size());
-        wp = memory(e.wei_prim, eng, wbuf.data());
+        wp = memory(e.wei_prim, eng, WeightSpace().Get(e.wei_prim.get_size()));
       }
       e.prim.execute(strm, {{DNNL_ARG_SRC, ms}, {DNNL_ARG_DIFF_DST, md}, {DNNL_ARG_DIFF_WEIGHTS, wp}, {DNNL_ARG_SCRATCHPAD, scratch}});
       if (e.reorder) dnnl::reorder(wp, wu).execute(strm, wp, wu);
@@ -126,6 +150,9 @@ ffi::Error Run(int64_t kind, const int64_t* nhwc, const int64_t* hwio, const int
     strm.wait();
   } catch (const dnnl::error& err) {
     return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + err.what());
+  } catch (const std::bad_alloc&) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                      "oneDNN convolution: out of memory for scratch space");
   }
   return ffi::Error::Success();
 }

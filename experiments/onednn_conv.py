@@ -160,23 +160,10 @@ def _load() -> str:
   """Builds, loads and registers the FFI targets; '' on success, else why not."""
   if sys.platform != "linux":
     return f"the oneDNN convolutions are only built on Linux (this is {sys.platform})"
-  # oneDNN runs on OpenMP threads. With OpenMP's default wait policy they
-  # spin after every convolution while XLA's own threads run the ops in
-  # between, competing for the same cores (ResNet-20 step 0.257 s -> 0.231 s
-  # with PASSIVE, measured here). libgomp reads the policy once, when it is
-  # loaded, which is now unless something loaded it before; the variable is
-  # restored afterwards so that OpenMP runtimes loaded later (PyTorch's) are
-  # not affected. A policy the user set is kept.
-  policy = os.environ.get("OMP_WAIT_POLICY")
-  if policy is None:
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
   try:
     so = ctypes.cdll.LoadLibrary(str(build()))
   except (OneDNNUnavailable, OSError) as e:
     return str(e)
-  finally:
-    if policy is None:
-      os.environ.pop("OMP_WAIT_POLICY", None)
   for name in _TARGETS.values():
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(so, name)),
                                 platform="cpu")
