@@ -93,12 +93,13 @@ IMPLS = ("auto", "plain", "nofusion", "blockwise")
 CONVS = ("auto", "xla", "onednn")
 # Best measured strategy per backend and convolution kind, keyed by
 # (backend, conv, use_bn) (docs/results/step_vs_depth.json). Disabling fusion is
-# only ever considered on CPU. With oneDNN convolutions the fusion pass no
-# longer meets layout transposes before the weight gradients: it pays off
-# with BatchNorm (fused normalisation), not without.
+# only ever considered on CPU. With oneDNN convolutions and BatchNorm, fusion
+# pays off (fused normalisation) but the fused whole-step jit still grows
+# faster than depth; per-block jits keep fusion and stay linear (ResNet-110
+# BN: blockwise 2.1-2.9 s, plain 2.4-3.1 s, nofusion 3.4-3.9 s).
 AUTO_IMPL = {("cpu", "xla", False): "nofusion", ("cpu", "xla", True): "nofusion",
              ("cpu", "onednn", False): "nofusion",
-             ("cpu", "onednn", True): "plain"}
+             ("cpu", "onednn", True): "blockwise"}
 # Images per chunk of the convolution weight gradients under "auto" on CPU
 # (experiments/fastconv.py; 8 measured fastest of 4, 8, 16, 32 for ResNet-20).
 AUTO_CONV_GRAD_CHUNK = 8
@@ -261,7 +262,11 @@ def _check_impl(impl: str, conv: str, model: nnx.Module) -> str:
     )
   if impl == "auto":
     key = (jax.default_backend(), conv, _has_batch_norm(model))
-    return AUTO_IMPL.get(key, _DEFAULT_IMPL)
+    impl = AUTO_IMPL.get(key, _DEFAULT_IMPL)
+    if impl == "blockwise" and not all(
+        hasattr(model, a) for a in ("stem", "blocks", "head")):
+      impl = _DEFAULT_IMPL  # a model that cannot run block by block
+    return impl
   if impl == "nofusion" and jax.default_backend() != "cpu":
     raise ValueError(
         "make_train_step: `impl='nofusion'` disables XLA fusion, which only "
