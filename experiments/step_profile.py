@@ -201,7 +201,8 @@ def draw(results: dict, path: str) -> None:
   axes[2].axhline(1.0, color="gray", lw=0.8)
   axes[2].set(xlabel="depth", ylabel="JAX / PyTorch", title="time ratio to PyTorch")
   # Keep the candidates near parity readable: the plain XLA step reaches ~7x.
-  top = max((line.get_ydata().max() for line in axes[2].get_lines()), default=1.0)
+  top = max((float(np.max(line.get_ydata())) for line in axes[2].get_lines()),
+            default=1.0)
   if top > 3.0:
     axes[2].set_ylim(0.0, 3.0)
     axes[2].set_title("time ratio to PyTorch (clipped at 3x)")
