@@ -5,7 +5,8 @@ r"""Quick real comparison: AdamW vs Adam-L2 vs AdamProx on a no-BN ResNet.
 alpha and lambda, constant step size, crop + flip, decay on every parameter)
 on the CIFAR-10 sample embedded in the repository, then prints a table of the
 final metrics and of the spread of the update magnitudes (inter-quartile
-range of ``log2|x_{t+1} - x_t|`` over the last epoch, in octaves). Each run
+range of ``log2|Adam direction|`` over the last epoch, in octaves: the
+quantity the paper histograms; ``experiments.train.histogram_of``). Each run
 is an ordinary ``experiments.train`` run in ``--out/<recipe>``: rerunning
 resumes or reuses them.
 """
