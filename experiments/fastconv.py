@@ -118,19 +118,25 @@ def chunked_wgrad_conv(chunk: int = 8) -> Callable[..., jax.Array]:
   return conv_general_dilated
 
 
-def with_chunked_wgrad(model: Any, chunk: int = 8) -> Any:
-  """A copy of the NNX `model` whose ``nnx.Conv`` layers use the chunked conv.
+def with_conv_function(model: Any, conv: Callable[..., jax.Array]) -> Any:
+  """A copy of the NNX `model` whose ``nnx.Conv`` layers call `conv`.
 
-  The parameters are shared (not copied); only the static convolution
-  function of each ``nnx.Conv`` changes, so the result splits into the same
-  state pytrees as `model`.
+  `conv` has the signature of ``lax.conv_general_dilated``. The parameters are
+  shared (not copied); only the static convolution function of each
+  ``nnx.Conv`` changes, so the result splits into the same state pytrees as
+  `model`.
   """
   from flax import nnx
 
   graphdef, state = nnx.split(model)
   clone = nnx.merge(graphdef, state)
-  conv = chunked_wgrad_conv(chunk)
   for _, node in nnx.iter_graph(clone):
     if isinstance(node, nnx.Conv):
       node.conv_general_dilated = conv
   return clone
+
+
+def with_chunked_wgrad(model: Any, chunk: int = 8) -> Any:
+  """A copy of the NNX `model` whose ``nnx.Conv`` layers use the chunked conv
+  (see :func:`with_conv_function`)."""
+  return with_conv_function(model, chunked_wgrad_conv(chunk))

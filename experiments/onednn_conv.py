@@ -289,20 +289,14 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
 def with_onednn_convs(model):
   """A copy of the NNX `model` whose ``nnx.Conv`` layers run on oneDNN.
 
-  The parameters are shared (not copied); only the static convolution
-  function of each ``nnx.Conv`` changes, so the result splits into the same
-  state pytrees as `model`. Raises :class:`OneDNNUnavailable` (with the fix)
-  when the kernels cannot be built here.
+  Parameters are shared, as in :func:`experiments.fastconv.with_conv_function`.
+  Raises :class:`OneDNNUnavailable` (with the fix) when the kernels cannot be
+  built here.
   """
-  from flax import nnx
+  from experiments.fastconv import with_conv_function
 
   require()
-  graphdef, state = nnx.split(model)
-  clone = nnx.merge(graphdef, state)
-  for _, node in nnx.iter_graph(clone):
-    if isinstance(node, nnx.Conv):
-      node.conv_general_dilated = conv_general_dilated
-  return clone
+  return with_conv_function(model, conv_general_dilated)
 
 
 __all__ = ["OneDNNUnavailable", "available", "build", "conv_general_dilated",
