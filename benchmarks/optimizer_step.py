@@ -13,7 +13,7 @@ floor is ``28 * params / bandwidth``. Two trees:
 
 Candidates: ``proxopt.adamw``, ``proxopt.adamprox``, ``proxopt.adam_l2``,
 ``optax.adam`` + ``proxopt.proximal(l1)``, ``optax.adamw``, AdamProx with the
-update-scale histogram of ``proxopt.diagnostics.track_update_scales`` around
+update-scale histogram of ``proxopt.track_update_scales`` around
 its Adam part (its overhead), AdamProx with ``m`` stored in bfloat16
 (``mu_dtype``: fewer bytes, different numerics), a second ``optax.adamw``
 as an A/A control (identical programs; its ratio is the run's noise level),
@@ -130,7 +130,7 @@ def make_tx(name: str) -> optax.GradientTransformation:
     # Not the same numerics: m in bfloat16 (2 B instead of 4 B per param).
     return proxopt.adamprox(LR, WD, mu_dtype=jnp.bfloat16)
   if name == "adamprox+track_update_scales":
-    from proxopt.diagnostics import track_update_scales
+    from proxopt import track_update_scales
     # The same chain as proxopt.adamprox, with the Adam direction histogrammed.
     return optax.chain(
         track_update_scales(optax.scale_by_adam()),
@@ -272,7 +272,7 @@ def available(name: str, shapes) -> bool:
     return len(shapes) == 1
   if name == "adamprox+track_update_scales":
     try:
-      from proxopt.diagnostics import track_update_scales  # noqa: F401
+      from proxopt import track_update_scales  # noqa: F401
     except ImportError:
       return False
   if name.startswith("torch"):

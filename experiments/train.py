@@ -9,7 +9,7 @@ Writes to ``--out DIR``:
   the spread of the update magnitudes ``update_iqr_octaves`` /
   ``update_within_one_octave`` / ``update_median_log2`` and the pooled
   histogram ``update_log2_hist`` over the epoch from
-  :func:`proxopt.diagnostics.track_update_scales` (``update_hist_of``: of the
+  :func:`proxopt.track_update_scales` (``update_hist_of``: of the
   Adam direction ``log2|m_hat / (sqrt(v_hat) + eps)|`` for the Adam aliases,
   as in the paper, else of the whole step ``log2|x_{t+1} - x_t|``), and
   ``nonfinite_skips`` with ``--skip-nonfinite``);

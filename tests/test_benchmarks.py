@@ -57,7 +57,6 @@ def test_allocated_state_bytes_match_param_count():
 
 
 def test_tracker_state_is_histograms_not_param_copies():
-  pytest.importorskip("proxopt.diagnostics")
   info = optimizer_step.state_bytes(
       optimizer_step.make_tx("adamprox+track_update_scales"), _shape_tree(20))
   assert info["state_param_sized_bytes"] == 8 * info["params"]

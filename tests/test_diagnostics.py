@@ -1,4 +1,4 @@
-"""Tests for proxopt.diagnostics: log2|update| histograms in optimizer state."""
+"""Tests for proxopt's update-scale diagnostics: log2|update| histograms in optimizer state."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import proxopt
-from proxopt import diagnostics as dg
+import proxopt as dg
 
 
 def _np_hist(u, edges):

@@ -211,7 +211,7 @@ def test_proximal_keeps_low_precision_dtype_under_strict(dtype, reg):
       updates, state = jax.jit(tx.update)(grads_for(params, t), state, params)
       params = optax.apply_updates(params, updates)
     value = proxopt.regularizer_value(reg, params)
-    direct = proxopt.prox(reg, params, 0.1)
+    direct = proxopt.apply_prox(reg, params, 0.1)
   for leaf in jax.tree.leaves((params, updates, direct)):
     assert leaf.dtype == dtype
   assert value.dtype == dtype

@@ -140,7 +140,7 @@ def test_box_feasible_after_every_step(dtype, lo, hi):
   reg = proxopt.nonnegative() if (lo, hi) == (0.0, np.inf) else proxopt.box(lo, hi)
   tx = optax.chain(optax.adam(lr), proxopt.proximal(reg, lr))
   params = {"x": jnp.asarray(rng.uniform(lo, min(hi, 3.0), size=n), dtype)}
-  params = proxopt.prox(reg, params, 1.0)  # start feasible in `dtype`
+  params = proxopt.apply_prox(reg, params, 1.0)  # start feasible in `dtype`
   walls = np.asarray(reg.prox(jnp.asarray([-1e4, 1e4], dtype), 1.0).astype(jnp.float32), np.float64)
   state = tx.init(params)
   update = jax.jit(tx.update)

@@ -233,7 +233,7 @@ def test_regularizer_value_mixed_dtypes_under_strict():
 
 def test_tree_prox_with_mask():
   params = {"w": jnp.array([0.5, -2.0]), "b": jnp.array([0.5, -2.0])}
-  out = proxopt.prox(proxopt.l1(1.0), params, 1.0, mask={"w": True, "b": False})
+  out = proxopt.apply_prox(proxopt.l1(1.0), params, 1.0, mask={"w": True, "b": False})
   np.testing.assert_array_equal(np.asarray(out["w"]), [0.0, -1.0])
   np.testing.assert_array_equal(np.asarray(out["b"]), [0.5, -2.0])
 
@@ -276,4 +276,4 @@ def test_box_lower_above_upper_rejected():
 
 def test_prox_negative_step_size_rejected():
   with pytest.raises(ValueError, match=r"`step_size` must be >= 0, got -0\.5"):
-    proxopt.prox(proxopt.l1(1.0), {"w": jnp.ones(2)}, -0.5)
+    proxopt.apply_prox(proxopt.l1(1.0), {"w": jnp.ones(2)}, -0.5)

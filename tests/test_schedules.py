@@ -1,4 +1,4 @@
-"""Schedules, reduce-on-plateau and classic optimizers (proxopt.schedules).
+"""Schedules, reduce-on-plateau and classic optimizers .
 
 References: torch.optim.lr_scheduler (ReduceLROnPlateau, StepLR, MultiStepLR,
 CosineAnnealingLR), torch.optim.AdamW, a hand-written float64 plateau rule
@@ -14,7 +14,7 @@ import optax
 import pytest
 
 import proxopt
-from proxopt.schedules import ReduceOnPlateauState
+from proxopt import ReduceOnPlateauState
 
 # ---------------------------------------------------------------------------
 # Metric streams and references.

@@ -52,13 +52,13 @@ import numpy as np
 import optax
 
 from proxopt import _checks
-from proxopt.proximal import (
+from proxopt._proximal import (
     MaskOrFn,
     ScalarOrSchedule,
     decoupled_weight_decay,
     proximal,
 )
-from proxopt.regularizers import Regularizer
+from proxopt._regularizers import Regularizer
 
 Schedule = Callable[[jax.Array], jax.Array]
 

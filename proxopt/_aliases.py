@@ -39,10 +39,10 @@ import jax
 import optax
 
 from proxopt import _checks
-from proxopt.conventions import decoupled_weight_decay_coefficient
-from proxopt.diagnostics import track_update_scales
-from proxopt.proximal import MaskOrFn, ScalarOrSchedule, proximal, with_checked_mask
-from proxopt.regularizers import l2_squared
+from proxopt._conventions import decoupled_weight_decay_coefficient
+from proxopt._diagnostics import track_update_scales
+from proxopt._proximal import MaskOrFn, ScalarOrSchedule, proximal, with_checked_mask
+from proxopt._regularizers import l2_squared
 
 
 def _validated(

@@ -8,7 +8,7 @@ For a step size :math:`s > 0` the proximal operator of :math:`s R` is
 Every regularizer here is separable over pytree leaves, so a `Regularizer`
 holds two per-leaf functions: ``value(x)`` (a scalar, so that users can log the
 full objective ``f + R``) and ``prox(z, s)`` (same shape and dtype as ``z``).
-Tree-level helpers are :func:`regularizer_value` and :func:`prox`.
+Tree-level helpers are :func:`regularizer_value` and :func:`apply_prox`.
 
 Reference: N. Parikh and S. Boyd, "Proximal Algorithms", 2014 (Sec. 6) for
 the formulas; Zhuang et al., "Understanding AdamW through Proximal Methods and
@@ -291,7 +291,7 @@ def regularizer_value(
   return total
 
 
-def prox(
+def apply_prox(
     regularizer: Regularizer, params: Any, step_size: float | Array,
     mask: Any = None,
 ) -> Any:
@@ -299,10 +299,10 @@ def prox(
 
   Example:
     >>> import jax.numpy as jnp, proxopt
-    >>> proxopt.prox(proxopt.l1(1.0), {"w": jnp.array([0.5, 2.0])}, 1.0)
+    >>> proxopt.apply_prox(proxopt.l1(1.0), {"w": jnp.array([0.5, 2.0])}, 1.0)
     {'w': Array([0., 1.], dtype=float32)}
   """
-  _checks.check_nonnegative("step_size", step_size, "proxopt.prox")
+  _checks.check_nonnegative("step_size", step_size, "proxopt.apply_prox")
   leaves = _masked_tree(params, mask)
   out = [
       regularizer.prox(x, jnp.asarray(step_size, x.dtype)) if keep else x

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from proxopt import _checks
-from proxopt.regularizers import Regularizer
+from proxopt._regularizers import Regularizer
 
 ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], jax.Array]
 MaskOrFn = Any | Callable[[Any], Any] | None
@@ -135,7 +135,7 @@ def proximal(
   exactly). For projections (``box``, ``nonnegative``) the update is moved by
   an ulp when needed so that ``optax.apply_updates`` lands inside the set; this
   assumes the parameters start feasible (project them once with
-  ``proxopt.prox(regularizer, params, 0.0)``).
+  ``proxopt.apply_prox(regularizer, params, 0.0)``).
 
   Example (L1-prox over SGD with momentum, i.e. proximal SGD):
     >>> import jax.numpy as jnp, optax, proxopt

@@ -166,15 +166,15 @@ def track_update_scales(
 
   Example (the paper's figure: the Adam direction of AdamW):
     >>> import jax.numpy as jnp, optax
-    >>> from proxopt import diagnostics
-    >>> tx = optax.chain(diagnostics.track_update_scales(optax.scale_by_adam()),
+    >>> import proxopt
+    >>> tx = optax.chain(proxopt.track_update_scales(optax.scale_by_adam()),
     ...                  optax.add_decayed_weights(1e-2),
     ...                  optax.scale_by_learning_rate(1e-3))
     >>> params = {"w": jnp.ones(4)}
     >>> state = tx.init(params)
     >>> grads = {"w": jnp.array([1e-4, 1e-2, 1.0, 0.0])}
     >>> updates, state = tx.update(grads, state, params)
-    >>> s = diagnostics.update_scale_summary(state)
+    >>> s = proxopt.update_scale_summary(state)
     >>> s.pooled.total, s.pooled.zero_fraction  # the first Adam step is sign(g)
     (4, 0.25)
     >>> s.pooled.within_one_octave
@@ -248,7 +248,7 @@ def _find_trackers(opt_state: Any) -> list[UpdateScaleState]:
   ]
   if not found:
     raise ValueError(
-        "proxopt.diagnostics: no UpdateScaleState in this optimizer state. "
+        "proxopt: no UpdateScaleState in this optimizer state. "
         "Wrap (part of) the optimizer with `proxopt.track_update_scales(...)` "
         "and pass its state (or any state containing it)."
     )
