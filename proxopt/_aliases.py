@@ -22,6 +22,13 @@ decays by ``lambda * eta_t`` with ``eta_t = lr_t / alpha`` (``alpha`` defaults
 to a constant ``learning_rate``); see :mod:`proxopt.conventions`. Adam-L2's
 coefficient is the same in every convention.
 
+Signatures are optax's: the Adam aliases take ``optax.adamw``'s parameters
+in ``optax.adamw``'s order (so ``adamw(1e-3, 0.9, 0.99)`` means b1=0.9,
+b2=0.99 in both libraries), the SGD aliases ``optax.sgd``'s followed by
+``weight_decay`` and ``mask``. Every alias also accepts a
+:func:`proxopt.reduce_on_plateau` as ``learning_rate`` (it is then wrapped in
+``optax.inject_hyperparams`` with the mask kept static).
+
 ``track_direction=True`` (Adam aliases) wraps the ``scale_by_adam`` link with
 :func:`proxopt.track_update_scales`, so the state histograms ``log2|d_t|``,
 the Adam direction the paper compares between Adam-L2 and AdamW (Sec. 6);
@@ -43,6 +50,8 @@ from proxopt._conventions import decoupled_weight_decay_coefficient
 from proxopt._diagnostics import track_update_scales
 from proxopt._proximal import MaskOrFn, ScalarOrSchedule, proximal, with_checked_mask
 from proxopt._regularizers import l2_squared
+
+LearningRate = ScalarOrSchedule | optax.schedules.StatefulSchedule
 
 
 def _validated(
@@ -71,21 +80,47 @@ def _validated(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _check_common(owner, learning_rate, weight_decay):
-  if not callable(learning_rate):
-    _checks.check_nonnegative(
-        "learning_rate", learning_rate, owner,
-        "Optax aliases take a positive learning rate and flip the sign "
-        "themselves.",
+def _build(owner, make, learning_rate, weight_decay, mask, convention, alpha):
+  """Checks the shared arguments, then ``make(learning_rate, wd)``.
+
+  ``wd`` is the optax coefficient (converted from the paper's lambda if
+  ``convention="paper"``). A stateful schedule (``reduce_on_plateau``) as
+  learning rate wraps the chain in ``optax.inject_hyperparams`` so that the
+  base step, the decay and the prox read the same ``s_t``; only the step size
+  is injected, so the mask stays a static argument.
+  """
+  _checks.check_hyperparam("learning_rate", learning_rate, owner)
+  _checks.check_hyperparam("weight_decay", weight_decay, owner)
+  _checks.check_nonnegative(
+      "learning_rate", learning_rate, owner,
+      "Optax aliases take a positive learning rate and flip the sign "
+      "themselves.",
+  )
+  _checks.check_nonnegative(
+      "weight_decay", weight_decay, owner,
+      "Weight decay shrinks parameters; use 0 for none.",
+  )
+  _checks.check_mask_argument(mask, owner)
+  stateful = isinstance(learning_rate, optax.schedules.StatefulSchedule)
+  if stateful and convention == "paper" and alpha is None:
+    base = getattr(learning_rate, "base", None)
+    if _checks.is_concrete_number(base):
+      alpha = float(base)  # a plateau over a constant: alpha is that constant
+  lr_for_convention = learning_rate if not stateful else None
+  wd = decoupled_weight_decay_coefficient(
+      weight_decay, lr_for_convention, convention, alpha, owner
+  )
+  if stateful:
+    return _validated(
+        optax.inject_hyperparams(lambda learning_rate: make(learning_rate, wd))(
+            learning_rate=learning_rate
+        ),
+        owner,
     )
-  if not callable(weight_decay):
-    _checks.check_nonnegative(
-        "weight_decay", weight_decay, owner,
-        "Weight decay shrinks parameters; use 0 for none.",
-    )
+  return _validated(make(learning_rate, wd), owner)
 
 
-def _adam(b1, b2, eps, eps_root, mu_dtype, nesterov, track_direction=False):
+def _adam(b1, b2, eps, eps_root, mu_dtype, nesterov, track_direction):
   adam = optax.scale_by_adam(
       b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype,
       nesterov=nesterov,
@@ -95,253 +130,396 @@ def _adam(b1, b2, eps, eps_root, mu_dtype, nesterov, track_direction=False):
   return track_update_scales(adam) if track_direction else adam
 
 
-def _momentum(momentum, nesterov):
-  if isinstance(momentum, (int, float)) and momentum == 0:
+def _momentum(momentum, nesterov, accumulator_dtype, owner):
+  # As optax.sgd: None means no momentum buffer; any number (0.0 included,
+  # or an injected array) keeps one, so the state structure does not depend
+  # on how the value was given.
+  if momentum is None:
     return optax.identity()
-  return optax.trace(decay=momentum, nesterov=nesterov)
+  _checks.check_hyperparam("momentum", momentum, owner)
+  if _checks.is_concrete_number(momentum) and not 0.0 <= float(momentum) <= 1.0:
+    raise ValueError(
+        f"{owner}: `momentum` must be in [0, 1] or None, got {momentum!r}."
+    )
+  return optax.trace(
+      decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype
+  )
 
 
+_ADAM_ARGS = """
+    learning_rate: the step size ``s_t``: a float, an Optax schedule
+      ``count -> s_t``, or a :func:`proxopt.reduce_on_plateau`.
+    b1: exponential decay rate of the first moment (as ``optax.adam``).
+    b2: exponential decay rate of the second moment.
+    eps: added to ``sqrt(v_hat)`` in the denominator; ``0`` makes the
+      direction exactly scale-free.
+    eps_root: added to ``v_hat`` inside the square root.
+    mu_dtype: dtype of the first-moment accumulator (``None``: params').
+    weight_decay: {wd}
+    mask: which leaves {masked}: a pytree of bools like params (or a prefix),
+      or a callable ``params -> mask``. With ``optax.inject_hyperparams`` pass
+      ``static_args=("mask",)``, or a plateau schedule directly as
+      ``learning_rate``.
+    nesterov: use Nesterov momentum in Adam (NAdam), as ``optax.adam``.
+    convention: ``"optax"`` (``weight_decay`` decays by ``lr_t * wd``, as
+      ``optax.adamw``/``torch.optim.AdamW``) or ``"paper"`` (``weight_decay``
+      is the paper's ``lambda``, decaying by ``lambda * lr_t / alpha``).{l2note}
+    alpha: the paper's base step size (``convention="paper"`` only); defaults
+      to a constant ``learning_rate`` or a plateau's constant base.
+    track_direction: histogram ``log2|d_t|`` of the Adam direction in the
+      state (:func:`proxopt.update_scale_summary`); updates are unchanged.
+"""
+
+_SGD_ARGS = """
+    learning_rate: the step size ``s_t``: a float, an Optax schedule
+      ``count -> s_t``, or a :func:`proxopt.reduce_on_plateau`.
+    momentum: heavy-ball momentum ``beta`` (``None``: no momentum buffer), as
+      ``optax.sgd``: ``m_t = g_t + beta m_{{t-1}}``.
+    nesterov: use Nesterov momentum.
+    accumulator_dtype: dtype of the momentum buffer (``None``: params').
+    weight_decay: {wd}
+    mask: which leaves {masked}: a pytree of bools like params (or a prefix),
+      or a callable ``params -> mask``.
+    convention: ``"optax"`` or ``"paper"`` (as for :func:`proxopt.adamw`).{l2note}
+    alpha: the paper's base step size (``convention="paper"`` only).
+"""
+
+_L2_NOTE = (
+    "\n      The L2 coefficient is the same number in both conventions; the "
+    "argument\n      is accepted for a uniform signature."
+)
+_DECOUPLED_WD = (
+    "the decay coefficient ``wd >= 0`` (optax/PyTorch\n"
+    "      convention, ``lambda_paper / alpha``): a float or a schedule."
+)
+_L2_WD = "the L2 coefficient ``wd >= 0`` added to the gradient (a float\n      or a schedule)."
+_REFERENCES = """
+  References:
+    Zhuang, Liu, Cutkosky, Orabona, "Understanding AdamW through Proximal
+    Methods and Scale-Freeness", TMLR 2022 (arXiv 2202.00089); Loshchilov and
+    Hutter, "Decoupled Weight Decay Regularization", ICLR 2019; Kingma and Ba,
+    "Adam: A Method for Stochastic Optimization", ICLR 2015.
+"""
+
+
+def _doc(template, **kw):
+  def decorate(fn):
+    fn.__doc__ = fn.__doc__.replace("{ARGS}", template.format(**kw).strip("\n"))
+    fn.__doc__ = fn.__doc__.replace("{REFERENCES}", _REFERENCES.strip("\n"))
+    return fn
+  return decorate
+
+
+@_doc(_ADAM_ARGS, wd=_L2_WD, masked="get the L2 penalty", l2note=_L2_NOTE)
 def adam_l2(
-    learning_rate: ScalarOrSchedule,
-    weight_decay: ScalarOrSchedule,
+    learning_rate: LearningRate,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
-    *,
     eps_root: float = 0.0,
-    mu_dtype: Any = None,
-    nesterov: bool = False,
+    mu_dtype: Any | None = None,
+    weight_decay: ScalarOrSchedule = 1e-4,
     mask: MaskOrFn = None,
+    *,
+    nesterov: bool = False,
     convention: str = "optax",
     alpha: float | None = None,
     track_direction: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""Adam with an L2 penalty: ``g <- g + wd x``, then Adam, then ``-s_t``.
+  r"""Adam with an L2 penalty: the penalty's gradient goes through Adam's normaliser.
 
-  Equals ``torch.optim.Adam(weight_decay=wd)``. Not scale-free for ``wd > 0``.
-  ``convention`` and ``alpha`` are accepted for a uniform signature; the L2
-  coefficient is the same number in every convention.
+  .. math::
+    g_t \leftarrow g_t + \mathrm{wd}\, x_{t-1}, \qquad
+    x_t = x_{t-1} - s_t \frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon}.
+
+  Equals ``torch.optim.Adam(weight_decay=wd)``. Not scale-free for
+  ``wd > 0``: rescaling the gradients changes the balance between the loss
+  and the penalty inside the normalisation.
+
+  Args:
+{ARGS}
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
 
   Example:
     >>> import jax.numpy as jnp, optax, proxopt
-    >>> tx = proxopt.adam_l2(1e-3, 5e-4)
+    >>> tx = proxopt.adam_l2(1e-3, weight_decay=5e-4)
     >>> params = {"w": jnp.ones(3)}
     >>> updates, state = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
     >>> params = optax.apply_updates(params, updates)
+
+{REFERENCES}
   """
   owner = "proxopt.adam_l2"
-  _check_common(owner, learning_rate, weight_decay)
-  decoupled_weight_decay_coefficient(  # validates `convention` only
+  decoupled_weight_decay_coefficient(  # validates `convention` and `alpha`
       weight_decay, 1.0, convention, alpha, owner
   )
-  return _validated(
-      optax.chain(
-          with_checked_mask(optax.add_decayed_weights(weight_decay), mask, owner),
-          _adam(b1, b2, eps, eps_root, mu_dtype, nesterov, track_direction),
-          optax.scale_by_learning_rate(learning_rate),
-      ),
-      owner,
-  )
+
+  def make(lr, _):
+    return optax.chain(
+        with_checked_mask(optax.add_decayed_weights(weight_decay), mask, owner),
+        _adam(b1, b2, eps, eps_root, mu_dtype, nesterov, track_direction),
+        optax.scale_by_learning_rate(lr),
+    )
+
+  return _build(owner, make, learning_rate, weight_decay, mask, "optax", None)
 
 
+@_doc(_ADAM_ARGS, wd=_DECOUPLED_WD, masked="are decayed", l2note="")
 def adamw(
-    learning_rate: ScalarOrSchedule,
-    weight_decay: ScalarOrSchedule,
+    learning_rate: LearningRate,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
-    *,
     eps_root: float = 0.0,
-    mu_dtype: Any = None,
-    nesterov: bool = False,
+    mu_dtype: Any | None = None,
+    weight_decay: ScalarOrSchedule = 1e-4,
     mask: MaskOrFn = None,
+    *,
+    nesterov: bool = False,
     convention: str = "optax",
     alpha: float | None = None,
     track_direction: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""AdamW: ``x <- x - s_t (d_t + wd x)``, ``d_t = m_hat / (sqrt(v_hat) + eps)``.
+  r"""AdamW: Adam with decoupled weight decay (scale-free with ``eps = 0``).
 
-  The same chain as ``optax.adamw`` and the same update as
-  ``torch.optim.AdamW``. With ``convention="paper"``, ``weight_decay`` is the
-  paper's lambda and the per-step decay is ``lambda * s_t / alpha``.
+  .. math::
+    d_t = \frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon}, \qquad
+    x_t = x_{t-1} - s_t \left(d_t + \mathrm{wd}\, x_{t-1}\right).
+
+  The same chain as ``optax.adamw`` (same arguments, same positions) and the
+  same update as ``torch.optim.AdamW``. With ``convention="paper"``,
+  ``weight_decay`` is the paper's ``lambda`` and the per-step decay is
+  ``lambda * s_t / alpha``. AdamW is the first-order approximation of
+  :func:`adamprox`.
+
+  Args:
+{ARGS}
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
 
   Example:
     >>> import jax.numpy as jnp, optax, proxopt
-    >>> tx = proxopt.adamw(5e-4, 1e-4, convention="paper")  # optax wd = 0.2
-    >>> params = {"w": jnp.ones(3)}
+    >>> tx = proxopt.adamw(5e-4, weight_decay=1e-4, convention="paper")
+    >>> params = {"w": jnp.ones(3)}   # optax weight_decay = 1e-4 / 5e-4 = 0.2
     >>> updates, state = tx.update({"w": jnp.zeros(3)}, tx.init(params), params)
     >>> round(float(updates["w"][0]), 9)  # -lr * wd * x = -5e-4 * 0.2
     -0.0001
+
+{REFERENCES}
   """
   owner = "proxopt.adamw"
-  _check_common(owner, learning_rate, weight_decay)
-  wd = decoupled_weight_decay_coefficient(
-      weight_decay, learning_rate, convention, alpha, owner
-  )
-  return _validated(
-      optax.chain(
-          _adam(b1, b2, eps, eps_root, mu_dtype, nesterov, track_direction),
-          with_checked_mask(optax.add_decayed_weights(wd), mask, owner),
-          optax.scale_by_learning_rate(learning_rate),
-      ),
-      owner,
-  )
+
+  def make(lr, wd):
+    return optax.chain(
+        _adam(b1, b2, eps, eps_root, mu_dtype, nesterov, track_direction),
+        with_checked_mask(optax.add_decayed_weights(wd), mask, owner),
+        optax.scale_by_learning_rate(lr),
+    )
+
+  return _build(owner, make, learning_rate, weight_decay, mask, convention, alpha)
 
 
+@_doc(_ADAM_ARGS, wd=_DECOUPLED_WD, masked="get the prox", l2note="")
 def adamprox(
-    learning_rate: ScalarOrSchedule,
-    weight_decay: ScalarOrSchedule,
+    learning_rate: LearningRate,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
-    *,
     eps_root: float = 0.0,
-    mu_dtype: Any = None,
-    nesterov: bool = False,
+    mu_dtype: Any | None = None,
+    weight_decay: ScalarOrSchedule = 1e-4,
     mask: MaskOrFn = None,
+    *,
+    nesterov: bool = False,
     convention: str = "optax",
     alpha: float | None = None,
     track_direction: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""AdamProx: ``x <- (x - s_t d_t) / (1 + s_t wd)``.
+  r"""AdamProx: Adam followed by the exact proximal step of the L2 penalty.
 
-  Adam followed by :func:`proxopt.proximal` with ``l2_squared(wd)``: the exact
-  proximal step of which AdamW is the first-order approximation (Zhuang et
-  al., 2022, Eq. 4). ``weight_decay`` must be a constant (or injected with
-  ``optax.inject_hyperparams``); the step size may be any schedule.
+  .. math::
+    x_t = \frac{x_{t-1} - s_t\, \hat m_t / (\sqrt{\hat v_t} + \epsilon)}
+               {1 + s_t\, \mathrm{wd}_t}
+        = \mathrm{prox}_{s_t \frac{\mathrm{wd}_t}{2}\|\cdot\|^2}
+          \left(x_{t-1} - s_t d_t\right).
+
+  Zhuang et al. (2022), Eq. 4: AdamW is its first-order approximation, and
+  like AdamW it is scale-free with ``eps = 0``. Built as
+  ``chain(scale_by_adam, scale_by_learning_rate, proximal(l2_squared(wd)))``;
+  both the step size and ``weight_decay`` may be schedules (the prox is exact
+  at each step's ``s_t * wd_t``). With ``convention="paper"`` the divisor is
+  ``1 + lambda * eta_t``.
+
+  Args:
+{ARGS}
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
 
   Example:
     >>> import jax.numpy as jnp, optax, proxopt
-    >>> tx = proxopt.adamprox(0.1, 1.0)
+    >>> tx = proxopt.adamprox(0.1, weight_decay=1.0)
     >>> params = {"w": jnp.array([1.1])}
     >>> updates, state = tx.update({"w": jnp.zeros(1)}, tx.init(params), params)
     >>> optax.apply_updates(params, updates)["w"]  # 1.1 / (1 + 0.1 * 1.0)
     Array([1.], dtype=float32)
+
+{REFERENCES}
   """
   owner = "proxopt.adamprox"
-  _check_common(owner, learning_rate, weight_decay)
-  wd = decoupled_weight_decay_coefficient(
-      weight_decay, learning_rate, convention, alpha, owner
-  )
-  if callable(wd):
-    raise TypeError(
-        f"{owner}: `weight_decay` must be a number here; to change it over "
-        "time use `optax.inject_hyperparams(proxopt.adamprox)(...)`."
+
+  def make(lr, wd):
+    return optax.chain(
+        _adam(b1, b2, eps, eps_root, mu_dtype, nesterov, track_direction),
+        optax.scale_by_learning_rate(lr),
+        proximal(l2_squared(wd), lr, mask=mask),
     )
-  return _validated(
-      optax.chain(
-          _adam(b1, b2, eps, eps_root, mu_dtype, nesterov, track_direction),
-          optax.scale_by_learning_rate(learning_rate),
-          proximal(l2_squared(wd), learning_rate, mask=mask),
-      ),
-      owner,
-  )
+
+  return _build(owner, make, learning_rate, weight_decay, mask, convention, alpha)
 
 
+@_doc(_SGD_ARGS, wd=_L2_WD, masked="get the L2 penalty", l2note=_L2_NOTE)
 def sgd_l2(
-    learning_rate: ScalarOrSchedule,
-    weight_decay: ScalarOrSchedule,
-    momentum: float = 0.9,
+    learning_rate: LearningRate,
+    momentum: float | None = None,
     nesterov: bool = False,
-    *,
+    accumulator_dtype: Any | None = None,
+    weight_decay: ScalarOrSchedule = 1e-4,
     mask: MaskOrFn = None,
+    *,
     convention: str = "optax",
     alpha: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""SGD with momentum and an L2 penalty: ``g <- g + wd x``, then momentum.
+  r"""SGD (with optional momentum) and an L2 penalty added to the gradient.
+
+  .. math::
+    g_t \leftarrow g_t + \mathrm{wd}\, x_{t-1}, \quad
+    m_t = g_t + \beta m_{t-1}, \quad x_t = x_{t-1} - s_t m_t.
 
   Equals ``torch.optim.SGD(lr, momentum, weight_decay=wd, nesterov=...)``
-  (dampening 0). ``convention`` is accepted for a uniform signature.
+  (dampening 0). With plain SGD, L2 and decoupled decay coincide.
+
+  Args:
+{ARGS}
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
 
   Example:
     >>> import jax.numpy as jnp, proxopt
-    >>> tx = proxopt.sgd_l2(0.1, 1e-4, momentum=0.9)
+    >>> tx = proxopt.sgd_l2(0.1, momentum=0.9, weight_decay=1e-4)
     >>> params = {"w": jnp.ones(2)}
     >>> updates, state = tx.update({"w": jnp.ones(2)}, tx.init(params), params)
+    >>> round(float(updates["w"][0]), 6)  # -0.1 * (1 + 1e-4)
+    -0.10001
   """
   owner = "proxopt.sgd_l2"
-  _check_common(owner, learning_rate, weight_decay)
   decoupled_weight_decay_coefficient(weight_decay, 1.0, convention, alpha, owner)
-  return _validated(
-      optax.chain(
-          with_checked_mask(optax.add_decayed_weights(weight_decay), mask, owner),
-          _momentum(momentum, nesterov),
-          optax.scale_by_learning_rate(learning_rate),
-      ),
-      owner,
-  )
+
+  def make(lr, _):
+    return optax.chain(
+        with_checked_mask(optax.add_decayed_weights(weight_decay), mask, owner),
+        _momentum(momentum, nesterov, accumulator_dtype, owner),
+        optax.scale_by_learning_rate(lr),
+    )
+
+  return _build(owner, make, learning_rate, weight_decay, mask, "optax", None)
 
 
+@_doc(_SGD_ARGS, wd=_DECOUPLED_WD, masked="are decayed", l2note="")
 def sgdw(
-    learning_rate: ScalarOrSchedule,
-    weight_decay: ScalarOrSchedule,
-    momentum: float = 0.9,
+    learning_rate: LearningRate,
+    momentum: float | None = None,
     nesterov: bool = False,
-    *,
+    accumulator_dtype: Any | None = None,
+    weight_decay: ScalarOrSchedule = 1e-4,
     mask: MaskOrFn = None,
+    *,
     convention: str = "optax",
     alpha: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""SGDW: ``x <- x - s_t (m_t + wd x)``, decay outside the momentum buffer.
+  r"""SGDW: SGD with momentum and weight decay outside the momentum buffer.
+
+  .. math::
+    m_t = g_t + \beta m_{t-1}, \qquad
+    x_t = x_{t-1} - s_t \left(m_t + \mathrm{wd}\, x_{t-1}\right).
+
+  Args:
+{ARGS}
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
 
   Example:
     >>> import jax.numpy as jnp, proxopt
-    >>> tx = proxopt.sgdw(0.1, 1e-2)
+    >>> tx = proxopt.sgdw(0.1, momentum=0.9, weight_decay=1e-2)
     >>> params = {"w": jnp.ones(2)}
     >>> updates, state = tx.update({"w": jnp.zeros(2)}, tx.init(params), params)
     >>> round(float(updates["w"][0]), 9)
     -0.001
+
+  References:
+    Loshchilov and Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
   """
   owner = "proxopt.sgdw"
-  _check_common(owner, learning_rate, weight_decay)
-  wd = decoupled_weight_decay_coefficient(
-      weight_decay, learning_rate, convention, alpha, owner
-  )
-  return _validated(
-      optax.chain(
-          _momentum(momentum, nesterov),
-          with_checked_mask(optax.add_decayed_weights(wd), mask, owner),
-          optax.scale_by_learning_rate(learning_rate),
-      ),
-      owner,
-  )
+
+  def make(lr, wd):
+    return optax.chain(
+        _momentum(momentum, nesterov, accumulator_dtype, owner),
+        with_checked_mask(optax.add_decayed_weights(wd), mask, owner),
+        optax.scale_by_learning_rate(lr),
+    )
+
+  return _build(owner, make, learning_rate, weight_decay, mask, convention, alpha)
 
 
+@_doc(_SGD_ARGS, wd=_DECOUPLED_WD, masked="get the prox", l2note="")
 def sgdprox(
-    learning_rate: ScalarOrSchedule,
-    weight_decay: ScalarOrSchedule,
-    momentum: float = 0.9,
+    learning_rate: LearningRate,
+    momentum: float | None = None,
     nesterov: bool = False,
-    *,
+    accumulator_dtype: Any | None = None,
+    weight_decay: ScalarOrSchedule = 1e-4,
     mask: MaskOrFn = None,
+    *,
     convention: str = "optax",
     alpha: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""SGDProx: ``x <- (x - s_t m_t) / (1 + s_t wd)``.
+  r"""SGDProx: SGD with momentum followed by the exact prox of the L2 penalty.
+
+  .. math::
+    m_t = g_t + \beta m_{t-1}, \qquad
+    x_t = \frac{x_{t-1} - s_t m_t}{1 + s_t\, \mathrm{wd}_t}.
+
+  Both the step size and ``weight_decay`` may be schedules.
+
+  Args:
+{ARGS}
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
 
   Example:
     >>> import jax.numpy as jnp, optax, proxopt
-    >>> tx = proxopt.sgdprox(0.5, 1.0, momentum=0.0)
+    >>> tx = proxopt.sgdprox(0.5, weight_decay=1.0)
     >>> params = {"w": jnp.array([3.0])}
     >>> updates, _ = tx.update({"w": jnp.zeros(1)}, tx.init(params), params)
     >>> optax.apply_updates(params, updates)["w"]  # 3 / (1 + 0.5)
     Array([2.], dtype=float32)
+
+  References:
+    Zhuang, Liu, Cutkosky, Orabona, TMLR 2022 (arXiv 2202.00089).
   """
   owner = "proxopt.sgdprox"
-  _check_common(owner, learning_rate, weight_decay)
-  wd = decoupled_weight_decay_coefficient(
-      weight_decay, learning_rate, convention, alpha, owner
-  )
-  if callable(wd):
-    raise TypeError(
-        f"{owner}: `weight_decay` must be a number here; to change it over "
-        "time use `optax.inject_hyperparams(proxopt.sgdprox)(...)`."
+
+  def make(lr, wd):
+    return optax.chain(
+        _momentum(momentum, nesterov, accumulator_dtype, owner),
+        optax.scale_by_learning_rate(lr),
+        proximal(l2_squared(wd), lr, mask=mask),
     )
-  return _validated(
-      optax.chain(
-          _momentum(momentum, nesterov),
-          optax.scale_by_learning_rate(learning_rate),
-          proximal(l2_squared(wd), learning_rate, mask=mask),
-      ),
-      owner,
-  )
+
+  return _build(owner, make, learning_rate, weight_decay, mask, convention, alpha)

@@ -24,32 +24,86 @@ def is_concrete_number(value: Any) -> bool:
   return False
 
 
-def check_nonnegative(name: str, value: Any, owner: str, fix: str = "") -> None:
-  """Raises ValueError if a concrete `value` is negative or NaN.
+def is_concrete_array(value: Any) -> bool:
+  """True for NumPy arrays and concrete (non-traced) JAX arrays of any rank."""
+  if isinstance(value, jax.core.Tracer):
+    return False
+  return isinstance(value, (np.ndarray, jax.Array, np.number))
 
-  Schedules (callables) and traced values (e.g. from
-  `optax.inject_hyperparams` under jit) cannot be checked here and pass.
+
+def check_nonnegative(name: str, value: Any, owner: str, fix: str = "") -> None:
+  """Raises ValueError if a concrete `value` has a negative or NaN entry.
+
+  Scalars and arrays are checked; schedules (callables) and traced values
+  (e.g. from `optax.inject_hyperparams` under jit) cannot be and pass.
   """
-  if not is_concrete_number(value):
+  hint = f" {fix}" if fix else ""
+  if is_concrete_number(value):
+    v = float(value)
+    if not v >= 0.0:  # also catches NaN
+      raise ValueError(f"{owner}: `{name}` must be >= 0, got {v!r}.{hint}")
     return
-  v = float(value)
-  if not v >= 0.0:  # also catches NaN
-    hint = f" {fix}" if fix else ""
-    raise ValueError(
-        f"{owner}: `{name}` must be >= 0, got {v!r}.{hint}"
+  if is_concrete_array(value):
+    arr = np.asarray(value)
+    if not jnp.issubdtype(arr.dtype, jnp.number) or jnp.issubdtype(
+        arr.dtype, jnp.complexfloating
+    ):
+      raise TypeError(
+          f"{owner}: `{name}` must be a real number or array, got dtype "
+          f"{arr.dtype}."
+      )
+    bad = ~(arr >= 0)  # negative or NaN
+    if np.any(bad):
+      first = tuple(int(i) for i in np.argwhere(bad)[0])
+      raise ValueError(
+          f"{owner}: `{name}` must be >= 0 everywhere, got {arr[first]!r} at "
+          f"index {first}.{hint}"
+      )
+
+
+def check_hyperparam(
+    name: str, value: Any, owner: str, *, allow_none: bool = False
+) -> None:
+  """Raises TypeError unless `value` is a number, an array or a schedule.
+
+  Catches `learning_rate="1e-3"` or `None` at construction: optax accepts
+  them and fails inside jit with a message about abstract values.
+  """
+  if allow_none and value is None:
+    return
+  ok = (
+      callable(value)
+      or isinstance(value, jax.core.Tracer)
+      or (isinstance(value, (int, float, np.number)) and not isinstance(value, bool))
+      or isinstance(value, (np.ndarray, jax.Array))
+  )
+  if not ok:
+    example = "1e-3" if name == "learning_rate" else "0.1"
+    raise TypeError(
+        f"{owner}: `{name}` must be a number, a scalar array or a schedule "
+        f"(a function count -> value), got {value!r} of type "
+        f"{type(value).__name__}. Pass e.g. {name}={example}."
     )
 
 
 def check_float_params(params: Any, owner: str) -> None:
-  """Raises TypeError naming the first parameter leaf that is not floating."""
+  """Raises TypeError naming the first parameter leaf that is not a float array."""
   leaves, _ = jax.tree_util.tree_flatten_with_path(params)
   for path, leaf in leaves:
+    where = jax.tree_util.keystr(path) or "<root>"
+    if isinstance(leaf, (bool, int, float, complex)):
+      raise TypeError(
+          f"{owner}: parameter at path {where} is a Python "
+          f"{type(leaf).__name__} ({leaf!r}); optimizers update arrays. "
+          "Convert the tree first, e.g. "
+          "`params = jax.tree.map(jnp.asarray, params)`."
+      )
     dtype = getattr(leaf, "dtype", None)
     if dtype is None:
       dtype = np.asarray(leaf).dtype
     if not jnp.issubdtype(dtype, jnp.floating):
       raise TypeError(
-          f"{owner}: parameter at path {jax.tree_util.keystr(path)!s} has "
+          f"{owner}: parameter at path {where} has "
           f"dtype {dtype}; optimizers update floating-point parameters only. "
           "Cast it to a float dtype (e.g. `x.astype(jnp.float32)`) or keep it "
           "out of the optimized tree (e.g. with `optax.multi_transform` or "
@@ -62,6 +116,40 @@ def require_params(params: Any, owner: str) -> None:
     raise ValueError(
         f"{owner} needs the current parameters: call "
         "`tx.update(updates, state, params)` with `params` set."
+    )
+
+
+_MASK_FIX = (
+    "Build the mask from params, e.g. "
+    "`mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)` (a callable "
+    "mask always matches the tree it is given)."
+)
+
+
+def check_mask_argument(mask: Any, owner: str) -> None:
+  """Refuses a single boolean as `mask` at construction.
+
+  A whole-tree ``True``/``False`` is never what a user means (use
+  ``mask=None`` or ``weight_decay=0``), and it is what
+  ``optax.inject_hyperparams(alias)(..., mask=fn)`` passes: it evaluates
+  every callable argument as a schedule, ``fn(step_count)``, and for the
+  usual ``lambda p: jax.tree.map(lambda x: x.ndim > 1, p)`` that is
+  ``False``, silently turning the decay off.
+  """
+  if mask is None or callable(mask):
+    return
+  single = isinstance(mask, (bool, np.bool_)) or (
+      isinstance(mask, (np.ndarray, jax.Array)) and np.ndim(mask) == 0
+  )
+  if single:
+    raise TypeError(
+        f"{owner}: `mask` is a single boolean ({mask!r}), not a tree. "
+        "If this comes from `optax.inject_hyperparams(...)(..., mask=fn)`: "
+        "inject_hyperparams calls every function argument as a schedule, "
+        "fn(step), so mark the mask static with "
+        "`optax.inject_hyperparams(f, static_args=(\"mask\",))`, or pass a "
+        "`proxopt.reduce_on_plateau` directly as the learning rate. "
+        "Otherwise use mask=None (apply everywhere) or weight_decay=0."
     )
 
 
@@ -80,30 +168,56 @@ def check_mask(mask: Any, params: Any, owner: str) -> None:
   mask_paths = set()
   for path, leaf in mask_leaves:
     path = tuple(path)
-    if not isinstance(leaf, (bool, np.bool_)) and not (
-        hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.bool_)
-    ):
+    where = jax.tree_util.keystr(path) or "<root>"
+    is_bool_array = hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.bool_)
+    if is_bool_array and np.ndim(leaf) > 0:
       raise TypeError(
-          f"{owner}: mask leaf at path {jax.tree_util.keystr(path)} is "
+          f"{owner}: mask leaf at path {where} is a boolean array of shape "
+          f"{np.shape(leaf)}; a mask selects whole parameter leaves (one "
+          "bool per leaf, as in optax.masked). To regularize only some "
+          "entries of a leaf, give the regularizer an array coefficient with "
+          "zeros where it should not act, e.g. "
+          "`proxopt.proximal(proxopt.l2_squared(lam * entry_mask), lr)`."
+      )
+    if not isinstance(leaf, (bool, np.bool_)) and not is_bool_array:
+      raise TypeError(
+          f"{owner}: mask leaf at path {where} is "
           f"{leaf!r}; mask leaves must be booleans (True = apply)."
       )
     if path not in param_prefixes:
       raise ValueError(
           f"{owner}: `mask` does not match params: the mask has an entry at "
-          f"path {jax.tree_util.keystr(path)} that params do not have. Build "
-          "the mask with the same structure as params, e.g. "
-          "`jax.tree.map(lambda x: x.ndim > 1, params)`, or pass a callable."
+          f"path {where} that params do not have. {_MASK_FIX}"
       )
     mask_paths.add(path)
   for p in param_paths:
     if not any(p[:i] in mask_paths for i in range(len(p) + 1)):
       raise ValueError(
           f"{owner}: `mask` does not match params: params have a leaf at path "
-          f"{jax.tree_util.keystr(p)} that the mask does not cover. Build the "
-          "mask with the same structure as params, e.g. "
-          "`jax.tree.map(lambda x: x.ndim > 1, params)`, or pass a callable."
+          f"{jax.tree_util.keystr(p)} that the mask does not cover. {_MASK_FIX}"
       )
+  # Same paths but different containers (a plain dict mask on flax
+  # FrozenDict params): optax.masked would fail inside jax.tree.map.
+  try:
+    jax.tree.map(lambda m, *_: m, mask, params)
+  except ValueError:
+    raise TypeError(
+        f"{owner}: `mask` has the right keys but not the same container types "
+        f"as params (mask is a {type(mask).__name__}, params a "
+        f"{type(params).__name__}, e.g. a plain dict mask for flax FrozenDict "
+        "params). Build the mask with the params' own types, e.g. "
+        "`mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)`, or convert "
+        "it (`flax.core.freeze(mask)`)."
+    ) from None
 
 
 def resolve_mask(mask: Any | Callable[[Any], Any], params: Any) -> Any:
   return mask(params) if callable(mask) else mask
+
+
+def leaf_path_names(tree: Any) -> list[str]:
+  """`keystr` of every leaf path, for error messages."""
+  return [
+      jax.tree_util.keystr(p) or "<root>"
+      for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
+  ]

@@ -22,7 +22,7 @@ alpha = 5e-4, lambda = 1e-4, so ``weight_decay = 1e-4 / 5e-4 = 0.2``::
     >>> hp = proxopt.paper_hyperparams(alpha=5e-4, lam=1e-4)
     >>> round(hp["weight_decay"], 12), hp["learning_rate"]
     (0.2, 0.0005)
-    >>> tx = proxopt.adamw(**hp)   # same as proxopt.adamw(5e-4, 1e-4, convention="paper")
+    >>> tx = proxopt.adamw(**hp)   # same as proxopt.adamw(5e-4, weight_decay=1e-4, convention="paper")
 """
 
 from __future__ import annotations

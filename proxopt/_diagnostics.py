@@ -25,7 +25,7 @@ Which update is histogrammed is your choice, by where you put the wrapper:
                           track_update_scales(optax.scale_by_adam()),
                           optax.scale_by_learning_rate(lr))
 
-* wrapping a whole optimizer, ``track_update_scales(proxopt.adamw(lr, wd))``,
+* wrapping a whole optimizer, ``track_update_scales(proxopt.adamw(lr, weight_decay=wd))``,
   histograms the final step ``x_{t+1} - x_t`` (step size and decay included).
 
 :func:`update_scale_summary` turns the counts into per-leaf and pooled spread

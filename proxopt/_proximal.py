@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from proxopt import _checks
+from proxopt import _regularizers
 from proxopt._regularizers import Regularizer
 
 ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], jax.Array]
@@ -74,7 +75,8 @@ def _nudge_into_set(
 def with_checked_mask(
     tx: optax.GradientTransformation, mask: MaskOrFn, owner: str
 ) -> optax.GradientTransformation:
-  """`optax.masked`, plus an init-time check that the mask fits params."""
+  """`optax.masked`, plus checks that the mask is a tree that fits params."""
+  _checks.check_mask_argument(mask, owner)
   if mask is None:
     return tx
   inner = optax.masked(tx, mask)
@@ -90,6 +92,7 @@ def _leafwise(
     make_leaf: Callable[[jax.Array], Callable[[Any, Any], Any]],
     mask: MaskOrFn,
     owner: str,
+    check_params: Callable[[Any], None] | None = None,
 ) -> optax.GradientTransformation:
   """The plumbing `proximal` and `decoupled_weight_decay` share.
 
@@ -99,6 +102,8 @@ def _leafwise(
 
   def init_fn(params):
     _checks.check_float_params(params, owner)
+    if check_params is not None:
+      check_params(params)  # sees only the leaves the mask selects
     return StepCountState(count=jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None):
@@ -116,26 +121,45 @@ def proximal(
     *,
     mask: MaskOrFn = None,
 ) -> optax.GradientTransformation:
-  r"""Turns a base update ``u`` into ``prox_{s_t R}(x + u) - x``.
+  r"""Turns a base update ``u`` into the proximal update ``prox_{s_t R}(x + u) - x``.
+
+  Placed last in a chain whose output ``u`` is the step the base optimizer
+  would take (already multiplied by the step size ``s_t``), it makes
+  ``optax.apply_updates`` land on
+
+  .. math::
+    x_{t+1} = \mathrm{prox}_{s_t R}(x_t + u_t)
+            = \arg\min_y \; s_t R(y) + \tfrac12 \|y - (x_t + u_t)\|_2^2 .
+
+  ``s_t`` must be the step size the base optimizer used at step ``t``: pass
+  the same float or schedule as the base's ``learning_rate``, or wrap the
+  whole chain in ``optax.inject_hyperparams`` so that both read one value. A
+  multiplier applied after this transform makes the prox inexact, since
+  ``c (prox_s(z) - x) != prox_{c s}(x + c u) - x``.
 
   Args:
     regularizer: a :class:`proxopt.Regularizer`, e.g. ``proxopt.l1(1e-4)``.
-    step_size: the step size ``s_t`` the base optimizer used: a float, an Optax
-      schedule ``count -> s_t`` (evaluated at the same count as the base's
-      ``scale_by_learning_rate``), or a value injected through
+      Its coefficients may be schedules; they are read at the same step count
+      as ``step_size``.
+    step_size: the step size ``s_t`` the base optimizer used: a float, an
+      Optax schedule ``count -> s_t`` (evaluated at the same count as the
+      base's ``scale_by_learning_rate``), or a value injected through
       ``optax.inject_hyperparams`` around the whole chain.
     mask: a pytree of bools like params (or a prefix of it), or a callable
-      ``params -> mask``. ``False`` leaves are left to the base update.
+      ``params -> mask``. ``False`` leaves keep the base update.
 
   Returns:
-    An ``optax.GradientTransformation`` whose ``update`` needs ``params``.
+    An ``optax.GradientTransformation`` whose ``update`` needs ``params``;
+    its state is a :class:`StepCountState`.
 
-  Rounding: where the prox leaves ``x + u`` unchanged the update is ``u``
-  itself, bit for bit (so ``l2_squared(0)`` reproduces the base optimizer
-  exactly). For projections (``box``, ``nonnegative``) the update is moved by
-  an ulp when needed so that ``optax.apply_updates`` lands inside the set; this
-  assumes the parameters start feasible (project them once with
-  ``proxopt.apply_prox(regularizer, params, 0.0)``).
+  Rounding: the update is computed in closed form (``(u - s lam x) / (1 + s
+  lam)`` for ``l2_squared``, no ``prox(x + u) - x`` cancellation), in at
+  least float32 for float16/bfloat16 leaves, and is ``u`` bit for bit where
+  the prox leaves ``x + u`` unchanged (so ``l2_squared(0)`` reproduces the
+  base optimizer exactly). For projections (``box``, ``nonnegative``) the
+  update is moved by an ulp when needed so that ``optax.apply_updates``
+  lands inside the set; this assumes the parameters start feasible (project
+  them once with ``proxopt.apply_prox(regularizer, params, 0.0)``).
 
   Example (L1-prox over SGD with momentum, i.e. proximal SGD):
     >>> import jax.numpy as jnp, optax, proxopt
@@ -146,30 +170,36 @@ def proximal(
     >>> updates, state = tx.update({"w": jnp.zeros(2)}, state, params)
     >>> optax.apply_updates(params, updates)["w"]
     Array([0. , 1.9], dtype=float32)
+
+  References:
+    Zhuang, Liu, Cutkosky, Orabona, "Understanding AdamW through Proximal
+    Methods and Scale-Freeness", TMLR 2022 (arXiv 2202.00089); Parikh and
+    Boyd, "Proximal Algorithms", 2014.
   """
+  _regularizers.check_regularizer(regularizer, "proxopt.proximal")
   owner = f"proxopt.proximal({regularizer.name})"
-  if not callable(step_size):
-    _checks.check_nonnegative(
-        "step_size", step_size, owner, "Pass the (positive) learning rate."
-    )
+  _checks.check_hyperparam("step_size", step_size, owner)
+  _checks.check_nonnegative(
+      "step_size", step_size, owner, "Pass the (positive) learning rate."
+  )
+
+  def check_params(params):
+    keep = [True] * len(jax.tree.leaves(params))
+    _regularizers.check_leaves(regularizer, params, keep, owner)
 
   def make_leaf(count):
     s = _step_size(step_size, count)
+    reg = regularizer.at(count)
 
     def leaf(u, x):
-      s_ = jnp.asarray(s, dtype=x.dtype)
-      z = x + u
-      y = regularizer.prox(z, s_)
-      v = y - x
-      if regularizer.projection:
-        v = _nudge_into_set(regularizer, x, v, s_)
-      # Where the prox leaves z unchanged (wd = 0, inside the box, ...) keep
-      # the base update bit for bit: (x + u) - x is not always u in floats.
-      return jnp.where(y == z, u, v)
+      v = reg.prox_update(x, u, s)
+      if reg.projection:
+        v = _nudge_into_set(reg, x, v, jnp.asarray(s, x.dtype))
+      return v
 
     return leaf
 
-  return _leafwise(make_leaf, mask, owner)
+  return _leafwise(make_leaf, mask, owner, check_params)
 
 
 def decoupled_weight_decay(
@@ -178,7 +208,9 @@ def decoupled_weight_decay(
     *,
     mask: MaskOrFn = None,
 ) -> optax.GradientTransformation:
-  r"""AdamW-style decay after any base optimizer: ``u -> u - s_t * wd * x``.
+  r"""AdamW-style decay after any base optimizer: ``u -> u - s_t * wd_t * x``.
+
+  .. math::  u'_t = u_t - s_t\, \mathrm{wd}_t\, x_t .
 
   The first-order expansion of ``proximal(l2_squared(wd), step_size)``; over
   ``optax.adam`` it gives exactly ``optax.adamw`` / ``torch.optim.AdamW``. Use
@@ -186,9 +218,12 @@ def decoupled_weight_decay(
 
   Args:
     weight_decay: the optax/PyTorch coefficient (``lambda_paper / alpha``):
-      a float or a schedule.
+      a float, an array, or a schedule ``count -> wd``.
     step_size: the base optimizer's learning rate (float or schedule).
     mask: as in :func:`proximal`.
+
+  Returns:
+    An ``optax.GradientTransformation`` whose ``update`` needs ``params``.
 
   Example:
     >>> import jax.numpy as jnp, optax, proxopt
@@ -198,12 +233,15 @@ def decoupled_weight_decay(
     >>> updates, _ = tx.update({"w": jnp.zeros(1)}, tx.init(params), params)
     >>> updates["w"]
     Array([-0.05], dtype=float32)
+
+  References:
+    Loshchilov and Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
   """
   owner = "proxopt.decoupled_weight_decay"
-  if not callable(weight_decay):
-    _checks.check_nonnegative("weight_decay", weight_decay, owner)
-  if not callable(step_size):
-    _checks.check_nonnegative("step_size", step_size, owner)
+  _checks.check_hyperparam("weight_decay", weight_decay, owner)
+  _checks.check_hyperparam("step_size", step_size, owner)
+  _checks.check_nonnegative("weight_decay", weight_decay, owner)
+  _checks.check_nonnegative("step_size", step_size, owner)
 
   def make_leaf(count):
     s = _step_size(step_size, count)

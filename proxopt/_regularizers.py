@@ -5,10 +5,16 @@ For a step size :math:`s > 0` the proximal operator of :math:`s R` is
 .. math::
   \mathrm{prox}_{sR}(z) = \arg\min_y \; s R(y) + \tfrac12 \|y - z\|_2^2 .
 
-Every regularizer here is separable over pytree leaves, so a `Regularizer`
-holds two per-leaf functions: ``value(x)`` (a scalar, so that users can log the
-full objective ``f + R``) and ``prox(z, s)`` (same shape and dtype as ``z``).
-Tree-level helpers are :func:`regularizer_value` and :func:`apply_prox`.
+Every regularizer here is separable over pytree leaves, so a
+:class:`Regularizer` holds per-leaf functions: ``value(x)`` (a scalar, so that
+users can log the full objective ``f + R``), ``prox(z, s)`` (same shape and
+dtype as ``z``) and ``prox_update(x, u, s) = prox(x + u, s) - x`` computed
+without cancellation. Its coefficients (``lam``, ``l1``, ``l2``) are pytree
+leaves: a float, an array that broadcasts to the leaves it is applied to
+(per-entry strengths), a schedule ``count -> value`` (read by
+:func:`proxopt.proximal` at each step) or a value injected by
+``optax.inject_hyperparams``. Tree-level helpers are :func:`regularizer_value`
+and :func:`apply_prox`.
 
 Reference: N. Parikh and S. Boyd, "Proximal Algorithms", 2014 (Sec. 6) for
 the formulas; Zhuang et al., "Understanding AdamW through Proximal Methods and
@@ -17,7 +23,7 @@ Scale-Freeness", TMLR 2022, for the use of ``l2_squared`` in AdamProx.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,186 +32,483 @@ import numpy as np
 from proxopt import _checks
 
 Array = jax.Array
+Coefficient = float | Array | Callable[[Array], Array]
 
 
-class Regularizer(NamedTuple):
-  """A separable regularizer: per-leaf value and per-leaf proximal operator.
+def _coefficient_repr(value: Any) -> str:
+  if callable(value):
+    return "<schedule>"
+  if isinstance(value, jax.core.Tracer):
+    return "<traced>"
+  if _checks.is_concrete_number(value):
+    return repr(float(value))
+  return f"<array {np.shape(value)}>"
 
-  Attributes:
-    name: a short human-readable name, e.g. ``"l1(0.001)"``.
-    value: ``value(x) -> scalar``, R restricted to one leaf.
-    prox: ``prox(z, s) -> y``, the proximal operator of ``s * R`` on one leaf;
-      ``s`` is a scalar (already cast to ``z.dtype``).
-    projection: True if ``prox`` is the elementwise projection onto a set
-      (``box``, ``nonnegative``); :func:`proxopt.proximal` then makes sure
+
+@jax.tree_util.register_pytree_node_class
+class Regularizer:
+  """A separable regularizer: per-leaf value, proximal operator and update.
+
+  The coefficients are the pytree children (``jax.tree.leaves(l1(0.1)) ==
+  [0.1]``), so a regularizer can be passed through ``jax.jit`` and its
+  coefficients can be schedules or injected hyper-parameters; the functions
+  are static.
+
+  Args:
+    name: a short human-readable name, e.g. ``"l1"``.
+    value: ``value(x, **coefficients) -> scalar``, R restricted to one leaf.
+    prox: ``prox(z, s, **coefficients) -> y``, the proximal operator of
+      ``s * R`` on one leaf; ``s`` is a scalar of ``z``'s dtype.
+    projection: True if ``prox`` is the projection onto a set (``box``,
+      ``nonnegative``); :func:`proxopt.proximal` then makes sure
       ``params + update`` lands inside that set despite float rounding.
+    coefficients: named coefficients passed to ``value``/``prox`` as keyword
+      arguments (the pytree leaves). Each must be ``>= 0`` and broadcast to
+      every leaf it is applied to (checked at ``init``).
+    prox_update: optional ``prox_update(x, u, s, **coefficients)`` returning
+      ``prox(x + u, s) - x`` without the cancellation of that subtraction
+      (the built-ins have closed forms). Without it the difference is taken
+      in at least float32.
+    coefficient_shape: optional ``(name, leaf_shape) -> shape`` the
+      coefficient ``name`` must broadcast to (default: the leaf's shape).
+    static_shapes: shapes of static (non-leaf) array arguments, such as a
+      box's bounds, that must broadcast to each leaf (checked at ``init``).
+
+  Example (a custom regularizer: R(x) = lam * sum(x), prox z - s lam):
+    >>> import jax.numpy as jnp, proxopt
+    >>> linear = proxopt.Regularizer(
+    ...     "linear", lambda x, lam: lam * jnp.sum(x),
+    ...     lambda z, s, lam: z - s * lam, coefficients={"lam": 0.5})
+    >>> linear.prox(jnp.array([1.0]), 2.0)
+    Array([0.], dtype=float32)
   """
 
-  name: str
-  value: Callable[[Array], Array]
-  prox: Callable[[Array, Array], Array]
-  projection: bool = False
+  def __init__(
+      self,
+      name: str,
+      value: Callable[..., Array],
+      prox: Callable[..., Array],
+      projection: bool = False,
+      *,
+      coefficients: Mapping[str, Any] | None = None,
+      prox_update: Callable[..., Array] | None = None,
+      coefficient_shape: Callable[[str, tuple[int, ...]], tuple[int, ...]] | None = None,
+      static_shapes: Mapping[str, tuple[int, ...]] | None = None,
+  ):
+    self.kind = name
+    self.value_fn = value
+    self.prox_fn = prox
+    self.projection = bool(projection)
+    self.coefficients = dict(coefficients or {})
+    self.prox_update_fn = prox_update
+    self.coefficient_shape = coefficient_shape
+    self.static_shapes = dict(static_shapes or {})
 
+  # -- pytree -----------------------------------------------------------------
 
-def _as(x: Any, like: Array) -> Array:
-  # Cast coefficients to the leaf's dtype so bf16/f16 leaves stay in their
-  # dtype and `jax.numpy_dtype_promotion('strict')` is respected.
-  return jnp.asarray(x, dtype=like.dtype)
+  def tree_flatten(self):
+    keys = tuple(self.coefficients)
+    aux = (
+        self.kind, self.value_fn, self.prox_fn, self.projection, keys,
+        self.prox_update_fn, self.coefficient_shape,
+        tuple(sorted(self.static_shapes.items())),
+    )
+    return tuple(self.coefficients[k] for k in keys), aux
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    (kind, value, prox, projection, keys, prox_update, coefficient_shape,
+     static_shapes) = aux
+    return cls(
+        kind, value, prox, projection, coefficients=dict(zip(keys, children)),
+        prox_update=prox_update, coefficient_shape=coefficient_shape,
+        static_shapes=dict(static_shapes),
+    )
+
+  @property
+  def name(self) -> str:
+    """``kind(coefficients)``, e.g. ``"l1(0.001)"``."""
+    if not self.coefficients:
+      return self.kind
+    args = ", ".join(_coefficient_repr(v) for v in self.coefficients.values())
+    return f"{self.kind}({args})"
+
+  def __repr__(self) -> str:
+    return f"proxopt.Regularizer({self.name})"
+
+  # -- per-leaf operations ----------------------------------------------------
+
+  def at(self, count: Any) -> "Regularizer":
+    """This regularizer with every schedule coefficient evaluated at ``count``."""
+    if not any(callable(v) for v in self.coefficients.values()):
+      return self
+    # Optax schedules mix Python floats with the int32 count, which strict
+    # dtype promotion rejects; values are cast to each leaf's dtype later.
+    with jax.numpy_dtype_promotion("standard"):
+      values = {k: v(count) if callable(v) else v for k, v in self.coefficients.items()}
+    return jax.tree_util.tree_unflatten(
+        jax.tree_util.tree_structure(self), list(values.values())
+    )
+
+  def _coefficients_for(self, x: Array) -> dict[str, Array]:
+    out = {}
+    for k, v in self.coefficients.items():
+      if callable(v):
+        raise TypeError(
+            f"proxopt.{self.kind}: coefficient `{k}` is a schedule; evaluate "
+            "it at a step first with `regularizer.at(step)` (proxopt.proximal "
+            "does this at every update)."
+        )
+      out[k] = jnp.asarray(v, dtype=x.dtype)
+    return out
+
+  def value(self, x: Array) -> Array:
+    """R restricted to one leaf (a scalar of the leaf's dtype)."""
+    return self.value_fn(x, **self._coefficients_for(_wide(x)))
+
+  def prox(self, z: Array, s: Any) -> Array:
+    """``prox_{s R}(z)`` on one leaf."""
+    return self.prox_fn(z, jnp.asarray(s, z.dtype), **self._coefficients_for(z))
+
+  def prox_update(self, x: Array, u: Array, s: Any) -> Array:
+    """``prox_{s R}(x + u) - x``, the update that lands on the proximal point.
+
+    Where the prox leaves ``x + u`` unchanged the result is ``u`` bit for bit.
+    """
+    w = _wide(x)
+    s_w = jnp.asarray(s, w.dtype)
+    if self.prox_update_fn is not None:
+      v = self.prox_update_fn(
+          w, u.astype(w.dtype), s_w, **self._coefficients_for(w)
+      )
+      return v.astype(x.dtype)
+    if self.projection:
+      # A projection's update is a clipped step, with no cancellation to
+      # avoid; computing it in the leaf's dtype keeps x + v within one ulp of
+      # the set, which proxopt.proximal's nudge then closes.
+      z = x + u
+      y = self.prox(z, s)
+      return jnp.where(y == z, u, y - x)
+    # Generic: the difference in at least float32 (a bfloat16 x + u - x
+    # cancels to 0 for any step below 2^-8 |x|).
+    z = w + u.astype(w.dtype)
+    y = self.prox_fn(z, s_w, **self._coefficients_for(w))
+    return jnp.where(y == z, u, (y - w).astype(x.dtype))
+
+  def check_leaf(self, x: Any, where: str, owner: str) -> None:
+    """Raises ValueError if a coefficient does not broadcast to leaf ``x``."""
+    shape = tuple(np.shape(x))
+    for k, v in self.coefficients.items():
+      if callable(v):
+        continue
+      target = (
+          self.coefficient_shape(k, shape) if self.coefficient_shape else shape
+      )
+      cshape = tuple(np.shape(v))
+      try:
+        ok = np.broadcast_shapes(cshape, target) == tuple(target)
+      except ValueError:
+        ok = False
+      if not ok:
+        raise ValueError(
+            f"{owner}: coefficient `{k}` of {self.name} has shape {cshape}, "
+            f"which does not broadcast to the parameter at path {where} "
+            f"(needs a shape that broadcasts to {tuple(target)}). Use a "
+            "scalar, an array shaped like that leaf, or a `mask=` that "
+            "leaves the other leaves out."
+        )
 
 
 def _wide(x: Array) -> Array:
-  # Reductions (sums of squares, norms) in float16/bfloat16 lose most digits
-  # and overflow float16 beyond 65504: accumulate in at least float32.
+  # Reductions and prox differences in float16/bfloat16 lose most digits and
+  # overflow float16 beyond 65504: compute in at least float32.
   return x.astype(jnp.float32) if jnp.finfo(x.dtype).bits < 32 else x
+
+
+def _coefficient(name: str, value: Any, owner: str) -> Any:
+  """Validates one coefficient at construction (schedules/tracers pass)."""
+  if not callable(value):
+    _checks.check_hyperparam(name, value, owner)
+  _checks.check_nonnegative(name, value, owner)
+  return value
 
 
 def _soft_threshold(z: Array, t: Array) -> Array:
   return jnp.sign(z) * jnp.maximum(jnp.abs(z) - t, jnp.zeros_like(z))
 
 
-def l2_squared(lam: float | Array) -> Regularizer:
-  r"""Squared L2 norm :math:`R(x) = \frac{\lambda}{2}\|x\|_2^2`.
+def _keep_base_where(t: Array, u: Array, v: Array) -> Array:
+  # Where the threshold is 0 the prox is the identity: return the base update
+  # bit for bit (so l1(0) reproduces the base optimizer exactly).
+  return jnp.where(t > 0, v, u)
 
-  :math:`\mathrm{prox}_{sR}(z) = z / (1 + s\lambda)`. Over Adam, this is the
-  AdamProx step of Zhuang et al. (2022).
+
+def l2_squared(lam: Coefficient) -> Regularizer:
+  r"""Squared L2 norm, :math:`R(x) = \frac{\lambda}{2}\|x\|_2^2`.
+
+  .. math::
+    \mathrm{prox}_{sR}(z) = \frac{z}{1 + s\lambda}, \qquad
+    \mathrm{prox}_{sR}(x + u) - x = \frac{u - s\lambda x}{1 + s\lambda}.
+
+  Over Adam this is the AdamProx step of Zhuang et al. (2022), the exact
+  proximal step that AdamW's decoupled decay approximates to first order.
+
+  Args:
+    lam: the strength :math:`\lambda \ge 0`: a float, an array broadcasting
+      to each leaf (per-entry strengths), a schedule ``count -> lam`` or an
+      injected value.
+
+  Returns:
+    A :class:`Regularizer`.
 
   Example:
     >>> import jax.numpy as jnp, proxopt
-    >>> proxopt.l2_squared(1.0).prox(jnp.array([2.0]), jnp.array(1.0))
+    >>> proxopt.l2_squared(1.0).prox(jnp.array([2.0]), 1.0)
     Array([1.], dtype=float32)
+
+  References:
+    Zhuang, Liu, Cutkosky, Orabona, "Understanding AdamW through Proximal
+    Methods and Scale-Freeness", TMLR 2022 (arXiv 2202.00089).
   """
-  _checks.check_nonnegative("lam", lam, "proxopt.l2_squared")
+  lam = _coefficient("lam", lam, "proxopt.l2_squared")
 
-  def value(x):
+  def value(x, lam):
     w = _wide(x)
-    return (0.5 * _as(lam, w) * jnp.sum(jnp.square(w))).astype(x.dtype)
+    return jnp.sum(0.5 * lam.astype(w.dtype) * jnp.square(w)).astype(x.dtype)
 
-  def prox(z, s):
-    return z / (jnp.ones([], z.dtype) + s * _as(lam, z))
+  def prox(z, s, lam):
+    return z / (jnp.ones([], z.dtype) + s * lam)
 
-  return Regularizer(f"l2_squared({lam})", value, prox)
+  def prox_update(x, u, s, lam):
+    return (u - s * lam * x) / (jnp.ones([], x.dtype) + s * lam)
+
+  return Regularizer(
+      "l2_squared", value, prox, coefficients={"lam": lam},
+      prox_update=prox_update,
+  )
 
 
-def l1(lam: float | Array) -> Regularizer:
-  r"""L1 norm :math:`R(x) = \lambda \|x\|_1`.
+def l1(lam: Coefficient) -> Regularizer:
+  r"""L1 norm, :math:`R(x) = \lambda \|x\|_1`.
 
-  The prox is soft-thresholding, :math:`\mathrm{sign}(z)\max(|z| - s\lambda,
-  0)`, which returns exact zeros.
+  The prox is soft-thresholding, which returns exact zeros:
+
+  .. math::
+    \mathrm{prox}_{sR}(z) = \mathrm{sign}(z)\max(|z| - s\lambda, 0).
+
+  Args:
+    lam: the strength :math:`\lambda \ge 0` (float, array broadcasting to each
+      leaf, schedule or injected value).
+
+  Returns:
+    A :class:`Regularizer`.
 
   Example:
     >>> import jax.numpy as jnp, proxopt
-    >>> proxopt.l1(1.0).prox(jnp.array([0.5, -3.0]), jnp.array(1.0))
+    >>> proxopt.l1(1.0).prox(jnp.array([0.5, -3.0]), 1.0)
     Array([ 0., -2.], dtype=float32)
+
+  References:
+    Parikh and Boyd, "Proximal Algorithms", Found. Trends Optim. 2014, Sec. 6.
   """
-  _checks.check_nonnegative("lam", lam, "proxopt.l1")
+  lam = _coefficient("lam", lam, "proxopt.l1")
 
-  def value(x):
+  def value(x, lam):
     w = _wide(x)
-    return (_as(lam, w) * jnp.sum(jnp.abs(w))).astype(x.dtype)
+    return jnp.sum(lam.astype(w.dtype) * jnp.abs(w)).astype(x.dtype)
 
-  def prox(z, s):
-    return _soft_threshold(z, s * _as(lam, z))
+  def prox(z, s, lam):
+    return _soft_threshold(z, s * lam)
 
-  return Regularizer(f"l1({lam})", value, prox)
+  def prox_update(x, u, s, lam):
+    t = s * lam
+    z = x + u
+    v = jnp.where(jnp.abs(z) > t, u - t * jnp.sign(z), -x)
+    return _keep_base_where(t, u, v)
+
+  return Regularizer(
+      "l1", value, prox, coefficients={"lam": lam}, prox_update=prox_update
+  )
 
 
-def elastic_net(l1: float | Array, l2: float | Array) -> Regularizer:
-  r"""Elastic net :math:`R(x) = \lambda_1\|x\|_1 + \frac{\lambda_2}{2}\|x\|^2`.
+def elastic_net(l1: Coefficient, l2: Coefficient) -> Regularizer:
+  r"""Elastic net, :math:`R(x) = \lambda_1\|x\|_1 + \frac{\lambda_2}{2}\|x\|_2^2`.
 
-  :math:`\mathrm{prox}_{sR}(z) = \mathrm{soft}(z, s\lambda_1) / (1 +
-  s\lambda_2)`.
+  .. math::
+    \mathrm{prox}_{sR}(z) = \frac{\mathrm{sign}(z)\max(|z| - s\lambda_1, 0)}
+                                 {1 + s\lambda_2}.
+
+  Args:
+    l1: :math:`\lambda_1 \ge 0` (float, array, schedule or injected value).
+    l2: :math:`\lambda_2 \ge 0` (float, array, schedule or injected value).
+
+  Returns:
+    A :class:`Regularizer`.
 
   Example:
     >>> import jax.numpy as jnp, proxopt
-    >>> proxopt.elastic_net(1.0, 1.0).prox(jnp.array([3.0]), jnp.array(1.0))
+    >>> proxopt.elastic_net(1.0, 1.0).prox(jnp.array([3.0]), 1.0)
     Array([1.], dtype=float32)
-  """
-  _checks.check_nonnegative("l1", l1, "proxopt.elastic_net")
-  _checks.check_nonnegative("l2", l2, "proxopt.elastic_net")
-  lam1, lam2 = l1, l2
 
-  def value(x):
+  References:
+    Zou and Hastie, "Regularization and variable selection via the elastic
+    net", JRSS-B 2005; Parikh and Boyd, "Proximal Algorithms", 2014.
+  """
+  l1 = _coefficient("l1", l1, "proxopt.elastic_net")
+  l2 = _coefficient("l2", l2, "proxopt.elastic_net")
+
+  def value(x, l1, l2):
     w = _wide(x)
-    return (
-        _as(lam1, w) * jnp.sum(jnp.abs(w))
-        + 0.5 * _as(lam2, w) * jnp.sum(jnp.square(w))
+    return jnp.sum(
+        l1.astype(w.dtype) * jnp.abs(w) + 0.5 * l2.astype(w.dtype) * jnp.square(w)
     ).astype(x.dtype)
 
-  def prox(z, s):
-    return _soft_threshold(z, s * _as(lam1, z)) / (
-        jnp.ones([], z.dtype) + s * _as(lam2, z)
-    )
+  def prox(z, s, l1, l2):
+    return _soft_threshold(z, s * l1) / (jnp.ones([], z.dtype) + s * l2)
 
-  return Regularizer(f"elastic_net({l1}, {l2})", value, prox)
+  def prox_update(x, u, s, l1, l2):
+    t1, t2 = s * l1, s * l2
+    z = x + u
+    v = jnp.where(
+        jnp.abs(z) > t1,
+        (u - t1 * jnp.sign(z) - t2 * x) / (jnp.ones([], x.dtype) + t2),
+        -x,
+    )
+    return jnp.where((t1 > 0) | (t2 > 0), v, u)
+
+  return Regularizer(
+      "elastic_net", value, prox, coefficients={"l1": l1, "l2": l2},
+      prox_update=prox_update,
+  )
 
 
 def group_lasso(
-    lam: float | Array, axis: int | Sequence[int] | None = None
+    lam: Coefficient, axis: int | Sequence[int] | None = None
 ) -> Regularizer:
-  r"""Group lasso :math:`R(x) = \lambda \sum_g \|x_g\|_2`.
+  r"""Group lasso, :math:`R(x) = \lambda \sum_g \|x_g\|_2`.
 
-  Groups are formed per leaf by reducing over ``axis``: ``axis=None`` makes the
-  whole leaf one group; for a ``(fan_in, fan_out)`` kernel ``axis=0`` groups
-  each output unit's column (zeroing a group prunes a unit), ``axis=1`` each
-  row. The prox is block soft-thresholding,
-  :math:`z_g \max(0, 1 - s\lambda/\|z_g\|_2)`, which zeroes whole groups.
+  Groups are formed per leaf by reducing over ``axis``: ``axis=None`` makes
+  the whole leaf one group; for a ``(fan_in, fan_out)`` kernel ``axis=0``
+  groups each output unit's column (zeroing a group prunes a unit),
+  ``axis=1`` each row. The prox is block soft-thresholding, which zeroes
+  whole groups:
+
+  .. math::
+    \mathrm{prox}_{sR}(z)_g = z_g \max\!\left(0, 1 - \frac{s\lambda}{\|z_g\|_2}\right).
+
   Groups are not weighted by their size; scale ``lam`` if you want that.
+
+  Args:
+    lam: the strength :math:`\lambda \ge 0`: a float, a schedule, an injected
+      value, or an array of per-group strengths that broadcasts to the
+      leaf's shape with the reduced axes kept as size 1 (e.g. ``(1, fan_out)``
+      for ``axis=0``).
+    axis: the axis or axes reduced within a group (``None``: the whole leaf).
+
+  Returns:
+    A :class:`Regularizer`.
 
   Example:
     >>> import jax.numpy as jnp, proxopt
     >>> z = jnp.array([[3.0, 0.1], [4.0, 0.1]])
-    >>> proxopt.group_lasso(1.0, axis=0).prox(z, jnp.array(1.0))
+    >>> proxopt.group_lasso(1.0, axis=0).prox(z, 1.0)
     Array([[2.4, 0. ],
            [3.2, 0. ]], dtype=float32)
-  """
-  _checks.check_nonnegative("lam", lam, "proxopt.group_lasso")
 
-  def _axes(x):
+  References:
+    Yuan and Lin, "Model selection and estimation in regression with grouped
+    variables", JRSS-B 2006; Parikh and Boyd, "Proximal Algorithms", 2014.
+  """
+  lam = _coefficient("lam", lam, "proxopt.group_lasso")
+
+  def _axes(ndim, shape=None):
     if axis is None:
-      return tuple(range(x.ndim))
+      return tuple(range(ndim))
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     for a in axes:
-      if not -x.ndim <= a < max(x.ndim, 1):
+      if not -ndim <= a < max(ndim, 1):
         raise ValueError(
             f"proxopt.group_lasso: `axis={axis}` is out of range for a leaf "
-            f"of shape {x.shape}. Use axis=None (whole leaf) or mask out "
+            f"of shape {shape}. Use axis=None (whole leaf) or mask out "
             "leaves of lower rank with `mask=`."
         )
     return axes
 
-  def value(x):
+  def group_shape(name, shape):
+    del name
+    axes = {a % max(len(shape), 1) for a in _axes(len(shape), shape)}
+    return tuple(1 if i in axes else d for i, d in enumerate(shape))
+
+  def norms(w):
+    return jnp.sqrt(jnp.sum(jnp.square(w), axis=_axes(w.ndim, w.shape), keepdims=True))
+
+  def value(x, lam):
     w = _wide(x)
-    norms = jnp.sqrt(jnp.sum(jnp.square(w), axis=_axes(x)))
-    return (_as(lam, w) * jnp.sum(norms)).astype(x.dtype)
+    return jnp.sum(lam.astype(w.dtype) * norms(w)).astype(x.dtype)
 
-  def prox(z, s):
-    w = _wide(z)
-    norm = jnp.sqrt(jnp.sum(jnp.square(w), axis=_axes(z), keepdims=True))
-    t = jnp.asarray(s, w.dtype) * _as(lam, w)
-    # Guard the division: a zero group stays zero.
+  def shrink_factor(norm, t):
+    # Guard the division: a group at or below the threshold becomes zero.
     safe = jnp.where(norm > t, norm, jnp.ones_like(norm))
-    shrink = jnp.where(norm > t, 1 - t / safe, jnp.zeros_like(norm))
-    return (w * shrink).astype(z.dtype)
+    return jnp.where(norm > t, 1 - t / safe, jnp.zeros_like(norm))
 
-  return Regularizer(f"group_lasso({lam}, axis={axis})", value, prox)
+  def prox(z, s, lam):
+    w = _wide(z)
+    t = s.astype(w.dtype) * lam.astype(w.dtype)
+    return (w * shrink_factor(norms(w), t)).astype(z.dtype)
+
+  def prox_update(x, u, s, lam):
+    t = s * lam
+    z = x + u
+    norm = norms(z)
+    safe = jnp.where(norm > t, norm, jnp.ones_like(norm))
+    v = jnp.where(norm > t, u - t * z / safe, -x)
+    return _keep_base_where(t, u, v)
+
+  return Regularizer(
+      "group_lasso", value, prox, coefficients={"lam": lam},
+      prox_update=prox_update, coefficient_shape=group_shape,
+  )
 
 
 def box(lower: float | Array, upper: float | Array) -> Regularizer:
   r"""Indicator of the box :math:`[\mathrm{lower}, \mathrm{upper}]`.
 
   R is 0 inside the box and :math:`+\infty` outside; its prox is the
-  projection ``clip(z, lower, upper)`` for every step size. ``lower`` may be
-  ``-inf`` and ``upper`` ``+inf``.
+  projection, for every step size:
+
+  .. math::  \mathrm{prox}_{sR}(z) = \mathrm{clip}(z, \mathrm{lower}, \mathrm{upper}).
+
+  The bounds are static (not pytree leaves): they are rounded inward to each
+  leaf's dtype so that clipped values are feasible.
+
+  Args:
+    lower: lower bound (a float or an array broadcasting to the leaves; may
+      be ``-inf``).
+    upper: upper bound (``>= lower``; may be ``+inf``).
+
+  Returns:
+    A :class:`Regularizer` with ``projection=True``.
 
   Example:
     >>> import jax.numpy as jnp, proxopt
     >>> proxopt.box(-1.0, 1.0).prox(jnp.array([-2.0, 0.5, 3.0]), 1.0)
     Array([-1. ,  0.5,  1. ], dtype=float32)
   """
+  return _box(lower, upper, f"box({lower}, {upper})", "proxopt.box")
+
+
+def _box(lower, upper, name, owner) -> Regularizer:
+  for arg, v in (("lower", lower), ("upper", upper)):
+    _checks.check_hyperparam(arg, v, owner)
+    if callable(v) or isinstance(v, jax.core.Tracer):
+      raise TypeError(
+          f"{owner}: `{arg}` must be a concrete number or array (box bounds "
+          "are static), got a schedule or traced value."
+      )
   lo, hi = np.asarray(lower, dtype=np.float64), np.asarray(upper, np.float64)
   if np.any(np.isnan(lo)) or np.any(np.isnan(hi)) or np.any(lo > hi):
     raise ValueError(
-        f"proxopt.box: need lower <= upper, got lower={lower!r}, "
+        f"{owner}: need lower <= upper, got lower={lower!r}, "
         f"upper={upper!r}. Swap them or widen the box."
     )
 
@@ -222,7 +525,11 @@ def box(lower: float | Array, upper: float | Array) -> Regularizer:
     l, u = bounds(z)
     return jnp.clip(z, l, u)
 
-  return Regularizer(f"box({lower}, {upper})", value, prox, projection=True)
+  # The bounds are static, not coefficients, but must broadcast like one.
+  return Regularizer(
+      name, value, prox, projection=True,
+      static_shapes={"lower": lo.shape, "upper": hi.shape},
+  )
 
 
 def _inward_bounds(lo: np.ndarray, hi: np.ndarray, dtype: Any):
@@ -246,47 +553,101 @@ def _inward_bounds(lo: np.ndarray, hi: np.ndarray, dtype: Any):
 
 
 def nonnegative() -> Regularizer:
-  """Indicator of the nonnegative orthant; its prox is ``max(z, 0)``.
+  r"""Indicator of the nonnegative orthant; its prox is ``max(z, 0)``.
+
+  .. math::  \mathrm{prox}_{sR}(z) = \max(z, 0).
+
+  Returns:
+    A :class:`Regularizer` with ``projection=True``.
 
   Example:
     >>> import jax.numpy as jnp, proxopt
     >>> proxopt.nonnegative().prox(jnp.array([-2.0, 3.0]), 1.0)
     Array([0., 3.], dtype=float32)
   """
-  reg = box(0.0, np.inf)
-  return reg._replace(name="nonnegative()")
+  return _box(0.0, np.inf, "nonnegative()", "proxopt.nonnegative")
 
 
-def _masked_tree(params: Any, mask: Any) -> list[tuple[Array, bool]]:
+def check_regularizer(regularizer: Any, owner: str) -> None:
+  if not isinstance(regularizer, Regularizer):
+    raise TypeError(
+        f"{owner}: `regularizer` must be a proxopt.Regularizer, e.g. "
+        f"proxopt.l1(1e-4) or proxopt.l2_squared(1e-4), got "
+        f"{regularizer!r} of type {type(regularizer).__name__}."
+    )
+
+
+def check_leaves(regularizer: Regularizer, params: Any, keep: Any, owner: str) -> None:
+  """Checks every coefficient against every leaf it is applied to."""
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  for (path, x), on in zip(leaves, keep):
+    if on:
+      where = jax.tree_util.keystr(path) or "<root>"
+      regularizer.check_leaf(x, where, owner)
+      for arg, shape in regularizer.static_shapes.items():
+        try:
+          ok = np.broadcast_shapes(shape, np.shape(x)) == np.shape(x)
+        except ValueError:
+          ok = False
+        if not ok:
+          raise ValueError(
+              f"{owner}: `{arg}` of {regularizer.name} has shape {shape}, "
+              f"which does not broadcast to the parameter at path {where} "
+              f"of shape {np.shape(x)}."
+          )
+
+
+def leaf_mask(params: Any, mask: Any, owner: str) -> list[bool]:
+  """One bool per leaf of params: whether the (prefix) mask selects it."""
   leaves = jax.tree.leaves(params)
   if mask is None:
-    return [(x, True) for x in leaves]
+    return [True] * len(leaves)
   mask = _checks.resolve_mask(mask, params)
-  _checks.check_mask(mask, params, "proxopt")
+  _checks.check_mask(mask, params, owner)
   # Broadcast a prefix mask down to the leaves of params.
   full = jax.tree.map(
       lambda m, sub: jax.tree.map(lambda _: m, sub), mask, params
   )
-  return list(zip(leaves, jax.tree.leaves(full)))
+  return [bool(m) for m in jax.tree.leaves(full)]
 
 
 def regularizer_value(
     regularizer: Regularizer, params: Any, mask: Any = None
 ) -> Array:
-  """R(params) summed over leaves (masked-out leaves contribute nothing).
+  r"""R(params), summed over the leaves the mask selects.
+
+  .. math::  R(x) = \sum_{\text{leaves } \ell} R_\ell(x_\ell).
+
+  Useful to log the full objective ``f(x) + R(x)`` that a prox chain
+  minimizes.
+
+  Args:
+    regularizer: a :class:`Regularizer` (schedule coefficients evaluated
+      first with ``regularizer.at(step)``).
+    params: a pytree of float arrays.
+    mask: ``None`` (all leaves), a pytree of bools like params (or a prefix),
+      or a callable ``params -> mask``.
+
+  Returns:
+    A scalar of the widest leaf dtype.
 
   Example:
     >>> import jax.numpy as jnp, proxopt
     >>> proxopt.regularizer_value(proxopt.l1(0.5), {"w": jnp.array([1.0, -3.0])})
     Array(2., dtype=float32)
   """
+  owner = "proxopt.regularizer_value"
+  check_regularizer(regularizer, owner)
+  _checks.check_float_params(params, owner)
+  keep = leaf_mask(params, mask, owner)
+  check_leaves(regularizer, params, keep, owner)
   leaves = jax.tree.leaves(params)
   # The widest leaf dtype (f32 for mixed f32/bf16 trees), also under strict.
   with jax.numpy_dtype_promotion("standard"):
     dtype = jnp.result_type(*leaves) if leaves else jnp.float32
   total = jnp.zeros([], dtype=dtype)
-  for x, keep in _masked_tree(params, mask):
-    if keep:
+  for x, on in zip(leaves, keep):
+    if on:
       total = total + regularizer.value(x).astype(total.dtype)
   return total
 
@@ -295,17 +656,35 @@ def apply_prox(
     regularizer: Regularizer, params: Any, step_size: float | Array,
     mask: Any = None,
 ) -> Any:
-  """Applies prox_{step_size * R} leaf by leaf (masked-out leaves unchanged).
+  r"""Applies :math:`\mathrm{prox}_{sR}` leaf by leaf (unselected leaves unchanged).
+
+  Use it once to make parameters feasible before training with a projection
+  (``apply_prox(box(-1, 1), params, 0.0)``), or for proximal steps outside an
+  optax chain.
+
+  Args:
+    regularizer: a :class:`Regularizer`.
+    params: a pytree of float arrays.
+    step_size: the step :math:`s \ge 0`.
+    mask: as in :func:`regularizer_value`.
+
+  Returns:
+    A pytree like ``params``.
 
   Example:
     >>> import jax.numpy as jnp, proxopt
     >>> proxopt.apply_prox(proxopt.l1(1.0), {"w": jnp.array([0.5, 2.0])}, 1.0)
     {'w': Array([0., 1.], dtype=float32)}
   """
-  _checks.check_nonnegative("step_size", step_size, "proxopt.apply_prox")
-  leaves = _masked_tree(params, mask)
+  owner = "proxopt.apply_prox"
+  check_regularizer(regularizer, owner)
+  _checks.check_hyperparam("step_size", step_size, owner)
+  _checks.check_nonnegative("step_size", step_size, owner)
+  _checks.check_float_params(params, owner)
+  keep = leaf_mask(params, mask, owner)
+  check_leaves(regularizer, params, keep, owner)
   out = [
-      regularizer.prox(x, jnp.asarray(step_size, x.dtype)) if keep else x
-      for x, keep in leaves
+      regularizer.prox(x, jnp.asarray(step_size, x.dtype)) if on else x
+      for x, on in zip(jax.tree.leaves(params), keep)
   ]
   return jax.tree.unflatten(jax.tree.structure(params), out)

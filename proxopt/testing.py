@@ -270,7 +270,7 @@ def scale_free_report(
       (per-coordinate rescaling: gradients ``c ⊙ g``).
     rtol: tolerance used to word the verdict; default :func:`default_rtol`.
     rescaled_optimizer: the optimizer of the rescaled run (default: the same
-      ``optimizer``). Pass e.g. ``proxopt.adam_l2(lr, c * wd)`` to check that a
+      ``optimizer``). Pass e.g. ``proxopt.adam_l2(lr, weight_decay=c * wd)`` to check that a
       hyper-parameter change compensates a loss multiplier ``c``.
 
   Returns:
@@ -367,7 +367,7 @@ def assert_scale_free(
     >>> import jax, jax.numpy as jnp, proxopt
     >>> from proxopt import testing
     >>> grad_fn = jax.grad(lambda p: jnp.sum(jnp.cosh(p - 1.0)))
-    >>> _ = testing.assert_scale_free(proxopt.adamw(0.1, 0.5, eps=0.0),
+    >>> _ = testing.assert_scale_free(proxopt.adamw(0.1, weight_decay=0.5, eps=0.0),
     ...     jnp.zeros(3), grad_fn, steps=10, scales=jnp.array([1e-3, 1.0, 1e3]))
   """
   report = scale_free_report(
@@ -406,7 +406,7 @@ def assert_not_scale_free(
     >>> import jax, jax.numpy as jnp, proxopt
     >>> from proxopt import testing
     >>> grad_fn = jax.grad(lambda p: jnp.sum(jnp.cosh(p - 1.0)))
-    >>> _ = testing.assert_not_scale_free(proxopt.adam_l2(0.1, 0.5, eps=0.0),
+    >>> _ = testing.assert_not_scale_free(proxopt.adam_l2(0.1, weight_decay=0.5, eps=0.0),
     ...     jnp.zeros(3), grad_fn, steps=10, scales=jnp.array([1e-3, 1.0, 1e3]))
   """
   report = scale_free_report(

@@ -38,12 +38,12 @@ def main():
 
   lr = optax.cosine_decay_schedule(0.05, 5)
   cases = {
-      "adam_l2": proxopt.adam_l2(lr, 0.1),
-      "adamw": proxopt.adamw(lr, 0.1),
-      "adamprox": proxopt.adamprox(lr, 0.1),
-      "sgd_l2": proxopt.sgd_l2(lr, 0.1, nesterov=True),
-      "sgdw": proxopt.sgdw(lr, 0.1),
-      "sgdprox": proxopt.sgdprox(lr, 0.1),
+      "adam_l2": proxopt.adam_l2(lr, weight_decay=0.1),
+      "adamw": proxopt.adamw(lr, weight_decay=0.1),
+      "adamprox": proxopt.adamprox(lr, weight_decay=0.1),
+      "sgd_l2": proxopt.sgd_l2(lr, momentum=0.9, nesterov=True, weight_decay=0.1),
+      "sgdw": proxopt.sgdw(lr, momentum=0.9, weight_decay=0.1),
+      "sgdprox": proxopt.sgdprox(lr, momentum=0.9, weight_decay=0.1),
       # group norms reduce across the sharded axis 0 of the kernel
       "group_lasso_axis0": optax.chain(
           optax.adam(lr), proxopt.proximal(proxopt.group_lasso(0.5, axis=0), lr)),

@@ -39,31 +39,31 @@ DECOUPLED = [proxopt.adamw, proxopt.adamprox, proxopt.sgdw, proxopt.sgdprox]
 def test_paper_convention_equals_optax_with_lam_over_alpha(alias, x64):
   alpha, lam = 5e-3, 2e-3
   sched = optax.cosine_decay_schedule(alpha, 30, alpha=0.1)  # lr_t = alpha * eta_t
-  paper = trajectory(alias(sched, lam, convention="paper", alpha=alpha))
-  optax_conv = trajectory(alias(sched, lam / alpha))
+  paper = trajectory(alias(sched, weight_decay=lam, convention="paper", alpha=alpha))
+  optax_conv = trajectory(alias(sched, weight_decay=lam / alpha))
   np.testing.assert_allclose(paper, optax_conv, rtol=1e-13, atol=1e-15)
   # the conversion matters: reading lam as optax's weight_decay differs
-  assert not np.allclose(trajectory(alias(sched, lam)), paper, rtol=1e-6)
+  assert not np.allclose(trajectory(alias(sched, weight_decay=lam)), paper, rtol=1e-6)
   # a constant learning rate is its own alpha
   np.testing.assert_allclose(
-      trajectory(alias(alpha, lam, convention="paper")),
-      trajectory(alias(alpha, lam / alpha)), rtol=1e-13, atol=1e-15)
+      trajectory(alias(alpha, weight_decay=lam, convention="paper")),
+      trajectory(alias(alpha, weight_decay=lam / alpha)), rtol=1e-13, atol=1e-15)
 
 
 @pytest.mark.parametrize("alias", [proxopt.adam_l2, proxopt.sgd_l2], ids=lambda f: f.__name__)
 def test_l2_coefficient_is_the_same_in_both_conventions(alias, x64):
   sched = optax.cosine_decay_schedule(5e-3, 30)
   np.testing.assert_array_equal(
-      trajectory(alias(sched, 1e-2, convention="paper", alpha=5e-3)),
-      trajectory(alias(sched, 1e-2)))
+      trajectory(alias(sched, weight_decay=1e-2, convention="paper", alpha=5e-3)),
+      trajectory(alias(sched, weight_decay=1e-2)))
 
 
 @pytest.mark.parametrize("alias", DECOUPLED, ids=lambda f: f.__name__)
 def test_paper_convention_with_schedule_needs_alpha(alias):
   with pytest.raises(ValueError, match=r"convention='paper' with a scheduled or injected learning_rate needs `alpha=`"):
-    alias(optax.cosine_decay_schedule(1e-3, 10), 1e-4, convention="paper")
+    alias(optax.cosine_decay_schedule(1e-3, 10), weight_decay=1e-4, convention="paper")
   with pytest.raises(ValueError, match=r"`alpha`.*must be > 0"):
-    alias(1e-3, 1e-4, convention="paper", alpha=0.0)
+    alias(1e-3, weight_decay=1e-4, convention="paper", alpha=0.0)
 
 
 def test_paper_hyperparams_with_multiplier(x64):
@@ -86,7 +86,7 @@ def test_paper_hyperparams_with_multiplier(x64):
   # and it equals the convention="paper" alias
   np.testing.assert_allclose(
       trajectory(proxopt.adamw(**hp)),
-      trajectory(proxopt.adamw(hp["learning_rate"], lam, convention="paper", alpha=alpha)),
+      trajectory(proxopt.adamw(hp["learning_rate"], weight_decay=lam, convention="paper", alpha=alpha)),
       rtol=1e-13, atol=1e-15)
 
 
@@ -103,4 +103,4 @@ def test_conversion_bad_input():
 def test_alpha_without_paper_convention_rejected(alias):
   # A silently ignored alpha would hide a forgotten convention="paper".
   with pytest.raises(ValueError, match=r"`alpha=0\.001` is only used with convention='paper'.*drop alpha"):
-    alias(optax.cosine_decay_schedule(1e-3, 10), 1e-4, alpha=1e-3)
+    alias(optax.cosine_decay_schedule(1e-3, 10), weight_decay=1e-4, alpha=1e-3)

@@ -110,8 +110,8 @@ def _adam_l2_chain(lr, wd, track):
     [
         (lambda: _adamw_chain(1e-2, 0.1, False), lambda: _adamw_chain(1e-2, 0.1, True)),
         (lambda: _adam_l2_chain(1e-2, 0.1, False), lambda: _adam_l2_chain(1e-2, 0.1, True)),
-        (lambda: proxopt.adamprox(1e-2, 0.1),
-         lambda: dg.track_update_scales(proxopt.adamprox(1e-2, 0.1))),
+        (lambda: proxopt.adamprox(1e-2, weight_decay=0.1),
+         lambda: dg.track_update_scales(proxopt.adamprox(1e-2, weight_decay=0.1))),
     ],
 )
 def test_wrapping_does_not_change_updates(make_plain, make_tracked):
@@ -136,8 +136,8 @@ def test_explicit_chains_equal_the_aliases():
   """The chains shown in the module docstring are proxopt.adamw / adam_l2."""
   rng = np.random.default_rng(3)
   params = jnp.asarray(rng.standard_normal(6), jnp.float32)
-  for alias, chain in ((proxopt.adamw(1e-2, 0.1), _adamw_chain(1e-2, 0.1, True)),
-                       (proxopt.adam_l2(1e-2, 0.1), _adam_l2_chain(1e-2, 0.1, True))):
+  for alias, chain in ((proxopt.adamw(1e-2, weight_decay=0.1), _adamw_chain(1e-2, 0.1, True)),
+                       (proxopt.adam_l2(1e-2, weight_decay=0.1), _adam_l2_chain(1e-2, 0.1, True))):
     sa, sc = alias.init(params), chain.init(params)
     for _ in range(3):
       g = jnp.asarray(rng.standard_normal(6), jnp.float32)
@@ -326,8 +326,8 @@ def test_alias_track_direction_histograms_the_adam_direction(name):
   lr, wd = 1e-2, 0.3
   params = {"w": jnp.asarray(rng.standard_normal((7, 5)), jnp.float32),
             "b": jnp.asarray(rng.standard_normal(5), jnp.float32)}
-  plain = getattr(proxopt, name)(lr, wd)
-  tracked = getattr(proxopt, name)(lr, wd, track_direction=True)
+  plain = getattr(proxopt, name)(lr, weight_decay=wd)
+  tracked = getattr(proxopt, name)(lr, weight_decay=wd, track_direction=True)
   sp, st = plain.init(params), tracked.init(params)
   adam = optax.scale_by_adam()
   sa = adam.init(params)

@@ -51,9 +51,9 @@ ALIAS_BASES = [
     (proxopt.adam_l2, lambda lr: optax.adam(lr)),
     (proxopt.adamw, lambda lr: optax.adam(lr)),
     (proxopt.adamprox, lambda lr: optax.adam(lr)),
-    (proxopt.sgd_l2, lambda lr: optax.sgd(lr, momentum=0.9)),
-    (proxopt.sgdw, lambda lr: optax.sgd(lr, momentum=0.9)),
-    (proxopt.sgdprox, lambda lr: optax.sgd(lr, momentum=0.9)),
+    (proxopt.sgd_l2, lambda lr: optax.sgd(lr)),
+    (proxopt.sgdw, lambda lr: optax.sgd(lr)),
+    (proxopt.sgdprox, lambda lr: optax.sgd(lr)),
 ]
 
 
@@ -62,9 +62,9 @@ ALIAS_BASES = [
 def test_alias_mask_leaves_unmasked_to_base_update(alias, base, mask):
   lr = optax.cosine_decay_schedule(0.05, 20)
   grads = grads_seq(20)
-  masked = run(alias(lr, 0.5, mask=mask), make_tree(), grads)
+  masked = run(alias(lr, weight_decay=0.5, mask=mask), make_tree(), grads)
   plain = run(base(lr), make_tree(), grads)
-  full = run(alias(lr, 0.5), make_tree(), grads)
+  full = run(alias(lr, weight_decay=0.5), make_tree(), grads)
   # Masked-out leaves: exactly the unregularized optimizer.
   for path in (("dense", "bias"), ("scale",)):
     get = lambda t: t[path[0]][path[1]] if len(path) == 2 else t[path[0]]
@@ -97,9 +97,9 @@ def test_proximal_mask(mask):
 @pytest.mark.parametrize(
     "make",
     [
-        lambda m: proxopt.adamw(0.1, 0.1, mask=m),
-        lambda m: proxopt.adam_l2(0.1, 0.1, mask=m),
-        lambda m: proxopt.sgdprox(0.1, 0.1, mask=m),
+        lambda m: proxopt.adamw(0.1, weight_decay=0.1, mask=m),
+        lambda m: proxopt.adam_l2(0.1, weight_decay=0.1, mask=m),
+        lambda m: proxopt.sgdprox(0.1, weight_decay=0.1, mask=m),
         lambda m: optax.chain(optax.sgd(0.1), proxopt.proximal(proxopt.l1(0.1), 0.1, mask=m)),
         lambda m: optax.chain(optax.sgd(0.1), proxopt.decoupled_weight_decay(0.1, 0.1, mask=m)),
     ],
@@ -112,7 +112,7 @@ def test_mask_tree_mismatch_names_first_path(make):
   extra = {"dense": {"kernel": True, "bias": False, "gamma": True}, "scale": False}
   with pytest.raises(ValueError, match=r"the mask has an entry at path \['dense'\]\['gamma'\] that params do not have"):
     make(extra).init(params)
-  with pytest.raises(ValueError, match=r"Build the mask with the same structure as params.*or pass a callable"):
+  with pytest.raises(ValueError, match=r"Build the mask from params.*a callable mask always matches"):
     make(extra).init(params)
   # A callable returning a bad tree is caught the same way.
   with pytest.raises(ValueError, match=r"\['dense'\]\['gamma'\]"):
@@ -121,7 +121,7 @@ def test_mask_tree_mismatch_names_first_path(make):
 
 def test_mask_with_non_bool_leaf_rejected():
   with pytest.raises(TypeError, match=r"mask leaf at path \['scale'\].*must be booleans"):
-    proxopt.adamw(0.1, 0.1, mask={"dense": True, "scale": 1.5}).init(make_tree())
+    proxopt.adamw(0.1, weight_decay=0.1, mask={"dense": True, "scale": 1.5}).init(make_tree())
 
 
 # -------------------------------------------------- 5. feasibility every step
