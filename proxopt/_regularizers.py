@@ -23,6 +23,7 @@ Scale-Freeness", TMLR 2022, for the use of ``l2_squared`` in AdamProx.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -271,21 +272,26 @@ def l2_squared(lam: Coefficient) -> Regularizer:
     Methods and Scale-Freeness", TMLR 2022 (arXiv 2202.00089).
   """
   lam = _coefficient("lam", lam, "proxopt.l2_squared")
-
-  def value(x, lam):
-    w = _wide(x)
-    return jnp.sum(0.5 * lam.astype(w.dtype) * jnp.square(w)).astype(x.dtype)
-
-  def prox(z, s, lam):
-    return z / (jnp.ones([], z.dtype) + s * lam)
-
-  def prox_update(x, u, s, lam):
-    return (u - s * lam * x) / (jnp.ones([], x.dtype) + s * lam)
-
   return Regularizer(
-      "l2_squared", value, prox, coefficients={"lam": lam},
-      prox_update=prox_update,
+      "l2_squared", _l2_value, _l2_prox, coefficients={"lam": lam},
+      prox_update=_l2_prox_update,
   )
+
+
+# The per-leaf functions live at module level: a regularizer's treedef holds
+# them, and equal treedefs (no retracing when only a coefficient changes)
+# need the same function objects.
+def _l2_value(x, lam):
+  w = _wide(x)
+  return jnp.sum(0.5 * lam.astype(w.dtype) * jnp.square(w)).astype(x.dtype)
+
+
+def _l2_prox(z, s, lam):
+  return z / (jnp.ones([], z.dtype) + s * lam)
+
+
+def _l2_prox_update(x, u, s, lam):
+  return (u - s * lam * x) / (jnp.ones([], x.dtype) + s * lam)
 
 
 def l1(lam: Coefficient) -> Regularizer:
@@ -312,23 +318,26 @@ def l1(lam: Coefficient) -> Regularizer:
     Parikh and Boyd, "Proximal Algorithms", Found. Trends Optim. 2014, Sec. 6.
   """
   lam = _coefficient("lam", lam, "proxopt.l1")
-
-  def value(x, lam):
-    w = _wide(x)
-    return jnp.sum(lam.astype(w.dtype) * jnp.abs(w)).astype(x.dtype)
-
-  def prox(z, s, lam):
-    return _soft_threshold(z, s * lam)
-
-  def prox_update(x, u, s, lam):
-    t = s * lam
-    z = x + u
-    v = jnp.where(jnp.abs(z) > t, u - t * jnp.sign(z), -x)
-    return _keep_base_where(t, u, v)
-
   return Regularizer(
-      "l1", value, prox, coefficients={"lam": lam}, prox_update=prox_update
+      "l1", _l1_value, _l1_prox, coefficients={"lam": lam},
+      prox_update=_l1_prox_update,
   )
+
+
+def _l1_value(x, lam):
+  w = _wide(x)
+  return jnp.sum(lam.astype(w.dtype) * jnp.abs(w)).astype(x.dtype)
+
+
+def _l1_prox(z, s, lam):
+  return _soft_threshold(z, s * lam)
+
+
+def _l1_prox_update(x, u, s, lam):
+  t = s * lam
+  z = x + u
+  v = jnp.where(jnp.abs(z) > t, u - t * jnp.sign(z), -x)
+  return _keep_base_where(t, u, v)
 
 
 def elastic_net(l1: Coefficient, l2: Coefficient) -> Regularizer:
@@ -356,30 +365,32 @@ def elastic_net(l1: Coefficient, l2: Coefficient) -> Regularizer:
   """
   l1 = _coefficient("l1", l1, "proxopt.elastic_net")
   l2 = _coefficient("l2", l2, "proxopt.elastic_net")
-
-  def value(x, l1, l2):
-    w = _wide(x)
-    return jnp.sum(
-        l1.astype(w.dtype) * jnp.abs(w) + 0.5 * l2.astype(w.dtype) * jnp.square(w)
-    ).astype(x.dtype)
-
-  def prox(z, s, l1, l2):
-    return _soft_threshold(z, s * l1) / (jnp.ones([], z.dtype) + s * l2)
-
-  def prox_update(x, u, s, l1, l2):
-    t1, t2 = s * l1, s * l2
-    z = x + u
-    v = jnp.where(
-        jnp.abs(z) > t1,
-        (u - t1 * jnp.sign(z) - t2 * x) / (jnp.ones([], x.dtype) + t2),
-        -x,
-    )
-    return jnp.where((t1 > 0) | (t2 > 0), v, u)
-
   return Regularizer(
-      "elastic_net", value, prox, coefficients={"l1": l1, "l2": l2},
-      prox_update=prox_update,
+      "elastic_net", _enet_value, _enet_prox, coefficients={"l1": l1, "l2": l2},
+      prox_update=_enet_prox_update,
   )
+
+
+def _enet_value(x, l1, l2):
+  w = _wide(x)
+  return jnp.sum(
+      l1.astype(w.dtype) * jnp.abs(w) + 0.5 * l2.astype(w.dtype) * jnp.square(w)
+  ).astype(x.dtype)
+
+
+def _enet_prox(z, s, l1, l2):
+  return _soft_threshold(z, s * l1) / (jnp.ones([], z.dtype) + s * l2)
+
+
+def _enet_prox_update(x, u, s, l1, l2):
+  t1, t2 = s * l1, s * l2
+  z = x + u
+  v = jnp.where(
+      jnp.abs(z) > t1,
+      (u - t1 * jnp.sign(z) - t2 * x) / (jnp.ones([], x.dtype) + t2),
+      -x,
+  )
+  return jnp.where((t1 > 0) | (t2 > 0), v, u)
 
 
 def group_lasso(
@@ -420,6 +431,17 @@ def group_lasso(
     variables", JRSS-B 2006; Parikh and Boyd, "Proximal Algorithms", 2014.
   """
   lam = _coefficient("lam", lam, "proxopt.group_lasso")
+  key = axis if axis is None or isinstance(axis, int) else tuple(axis)
+  value, prox, prox_update, group_shape = _group_lasso_functions(key)
+  return Regularizer(
+      "group_lasso", value, prox, coefficients={"lam": lam},
+      prox_update=prox_update, coefficient_shape=group_shape,
+  )
+
+
+@functools.lru_cache(maxsize=None)
+def _group_lasso_functions(axis):
+  """The per-leaf functions of ``group_lasso(., axis)``, one set per axis."""
 
   def _axes(ndim, shape=None):
     if axis is None:
@@ -446,15 +468,14 @@ def group_lasso(
     w = _wide(x)
     return jnp.sum(lam.astype(w.dtype) * norms(w)).astype(x.dtype)
 
-  def shrink_factor(norm, t):
-    # Guard the division: a group at or below the threshold becomes zero.
-    safe = jnp.where(norm > t, norm, jnp.ones_like(norm))
-    return jnp.where(norm > t, 1 - t / safe, jnp.zeros_like(norm))
-
   def prox(z, s, lam):
     w = _wide(z)
     t = s.astype(w.dtype) * lam.astype(w.dtype)
-    return (w * shrink_factor(norms(w), t)).astype(z.dtype)
+    norm = norms(w)
+    # Guard the division: a group at or below the threshold becomes zero.
+    safe = jnp.where(norm > t, norm, jnp.ones_like(norm))
+    shrink = jnp.where(norm > t, 1 - t / safe, jnp.zeros_like(norm))
+    return (w * shrink).astype(z.dtype)
 
   def prox_update(x, u, s, lam):
     t = s * lam
@@ -464,10 +485,7 @@ def group_lasso(
     v = jnp.where(norm > t, u - t * z / safe, -x)
     return _keep_base_where(t, u, v)
 
-  return Regularizer(
-      "group_lasso", value, prox, coefficients={"lam": lam},
-      prox_update=prox_update, coefficient_shape=group_shape,
-  )
+  return value, prox, prox_update, group_shape
 
 
 def box(lower: float | Array, upper: float | Array) -> Regularizer:

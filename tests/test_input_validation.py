@@ -1,0 +1,140 @@
+"""Bad input fails early, naming the argument and the fix.
+
+Each case failed late (inside jit or optax.masked) with a message about
+something else, or silently did the wrong thing, before proxopt 0.2.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import proxopt
+
+ALIASES = [proxopt.adam_l2, proxopt.adamw, proxopt.adamprox,
+           proxopt.sgd_l2, proxopt.sgdw, proxopt.sgdprox]
+
+
+def _tree():
+  return {"dense": {"kernel": jnp.ones((2, 3)), "bias": jnp.zeros(3)},
+          "norm": {"scale": jnp.ones(3)}}
+
+
+def _kernels_only(params):
+  return jax.tree.map(lambda x: x.ndim > 1, params)
+
+
+@pytest.mark.parametrize("alias", ALIASES, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("lr", ["1e-3", None, [1e-3]])
+def test_non_numeric_learning_rate_refused_at_construction(alias, lr):
+  with pytest.raises(TypeError, match=r"`learning_rate` must be a number, a scalar array or a schedule.*learning_rate=1e-3"):
+    alias(lr, weight_decay=0.1)
+
+
+@pytest.mark.parametrize("make", [
+    lambda lr: proxopt.proximal(proxopt.l1(0.1), lr),
+    lambda lr: proxopt.decoupled_weight_decay(0.1, lr),
+])
+def test_non_numeric_step_size_refused_in_transforms(make):
+  with pytest.raises(TypeError, match=r"`step_size` must be a number"):
+    make("0.1")
+  with pytest.raises(TypeError, match=r"`step_size` must be a number"):
+    make(None)
+
+
+def test_non_numeric_weight_decay_refused():
+  with pytest.raises(TypeError, match=r"`weight_decay` must be a number"):
+    proxopt.adamw(1e-3, weight_decay="0.1")
+  with pytest.raises(TypeError, match=r"`weight_decay` must be a number"):
+    proxopt.decoupled_weight_decay(None, 0.1)
+
+
+@pytest.mark.parametrize("reg", ["l1", 0.1, None, optax.adam(0.1)])
+def test_proximal_needs_a_regularizer(reg):
+  with pytest.raises(TypeError, match=r"`regularizer` must be a proxopt.Regularizer, e.g. proxopt.l1\(1e-4\)"):
+    proxopt.proximal(reg, 0.1)
+  with pytest.raises(TypeError, match=r"must be a proxopt.Regularizer"):
+    proxopt.apply_prox(reg, {"w": jnp.ones(2)}, 0.1)
+
+
+@pytest.mark.parametrize("alias", ALIASES, ids=lambda f: f.__name__)
+def test_python_float_leaves_refused_with_the_fix(alias):
+  tx = alias(0.1, weight_decay=0.1)
+  with pytest.raises(TypeError, match=r"path \['b'\] is a Python float.*jax.tree.map\(jnp.asarray, params\)"):
+    tx.init({"a": jnp.ones(2), "b": 1.0})
+
+
+def test_python_float_leaves_refused_by_the_transforms():
+  for tx in (proxopt.proximal(proxopt.l1(0.1), 0.1),
+             proxopt.decoupled_weight_decay(0.1, 0.1)):
+    with pytest.raises(TypeError, match=r"Python float"):
+      tx.init({"w": 2.0})
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: proxopt.adamw(0.1, weight_decay=0.1, mask=m),
+    lambda m: proxopt.adamprox(0.1, weight_decay=0.1, mask=m),
+    lambda m: proxopt.proximal(proxopt.l1(0.1), 0.1, mask=m),
+])
+def test_per_element_boolean_mask_refused_with_the_alternative(make):
+  params = {"w": jnp.ones(3), "b": jnp.ones(2)}
+  mask = {"w": jnp.array([True, False, True]), "b": False}
+  with pytest.raises(TypeError, match=r"mask leaf at path \['w'\] is a boolean array of shape \(3,\).*array coefficient"):
+    make(mask).init(params)
+
+
+def test_plain_dict_mask_on_frozendict_params_names_the_fix():
+  flax_core = pytest.importorskip("flax.core")
+  params = flax_core.freeze({"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}})
+  mask = {"dense": {"kernel": True, "bias": False}}
+  with pytest.raises(TypeError, match=r"not the same container types.*FrozenDict.*flax.core.freeze\(mask\)"):
+    proxopt.adamw(0.1, weight_decay=0.1, mask=mask).init(params)
+  # The suggested fixes work.
+  for ok in (flax_core.freeze(mask), _kernels_only):
+    tx = proxopt.adamw(0.1, weight_decay=0.1, mask=ok)
+    tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+
+
+@pytest.mark.parametrize("alias", ALIASES, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("mask", [True, False, jnp.asarray(False), np.bool_(True)])
+def test_single_bool_mask_refused(alias, mask):
+  with pytest.raises(TypeError, match=r"`mask` is a single boolean.*static_args=\(\"mask\",\)"):
+    alias(0.1, weight_decay=0.1, mask=mask)
+
+
+@pytest.mark.parametrize("alias", [proxopt.adamw, proxopt.adamprox, proxopt.sgdw,
+                                   proxopt.adam_l2], ids=lambda f: f.__name__)
+def test_inject_hyperparams_with_callable_mask_fails_loudly(alias):
+  # optax.inject_hyperparams evaluates every callable argument as a schedule:
+  # mask(step_count) is False here, which used to turn the decay off silently.
+  tx = optax.inject_hyperparams(alias)(learning_rate=0.1, weight_decay=0.5,
+                                       mask=_kernels_only)
+  with pytest.raises(TypeError, match=r"inject_hyperparams calls every function argument as a schedule"):
+    tx.init(_tree())
+
+
+@pytest.mark.parametrize("alias", [proxopt.adamw, proxopt.adamprox], ids=lambda f: f.__name__)
+def test_inject_hyperparams_with_static_mask_decays_only_the_masked_leaves(alias):
+  params = _tree()
+  tx = optax.inject_hyperparams(alias, static_args=("mask",))(
+      learning_rate=0.1, weight_decay=0.5, mask=_kernels_only)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  assert np.all(np.asarray(updates["dense"]["kernel"]) < 0)  # decayed
+  np.testing.assert_array_equal(np.asarray(updates["norm"]["scale"]), 0.0)  # not decayed
+
+
+def test_negative_coefficients_and_step_sizes_refused():
+  with pytest.raises(ValueError, match=r"`weight_decay` must be >= 0"):
+    proxopt.decoupled_weight_decay(-1.0, 0.1)
+  with pytest.raises(ValueError, match=r"`step_size` must be >= 0"):
+    proxopt.apply_prox(proxopt.l1(0.1), {"w": jnp.ones(2)}, -1.0)
+  with pytest.raises(ValueError, match=r"`weight_decay` must be >= 0 everywhere"):
+    proxopt.adamw(0.1, weight_decay=jnp.array([0.1, -0.1]))
+
+
+def test_box_bounds_must_broadcast_to_the_leaf():
+  reg = proxopt.box(jnp.zeros(3), jnp.ones(3))
+  with pytest.raises(ValueError, match=r"`lower` of box.*path \['w'\]"):
+    optax.chain(optax.sgd(0.1), proxopt.proximal(reg, 0.1)).init({"w": jnp.ones(2)})
