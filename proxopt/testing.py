@@ -169,9 +169,10 @@ def _check_inputs(optimizer, params, grad_fn, steps, scales, owner):
           f"dtype {jnp.result_type(leaf)}. Cast with `x.astype(jnp.float32)`."
       )
   if _is_scalar(scales):
-    if not float(scales) > 0:
+    if not (float(scales) > 0 and np.isfinite(float(scales))):
       raise ValueError(
-          f"{owner}: `scales` must be > 0 (a loss multiplier), got {scales!r}."
+          f"{owner}: `scales` must be > 0 and finite (a loss multiplier), got "
+          f"{scales!r}."
       )
     return "loss multiplier"
   p_struct = jax.tree.structure(params)
@@ -186,21 +187,56 @@ def _check_inputs(optimizer, params, grad_fn, steps, scales, owner):
       jax.tree_util.tree_flatten_with_path(scales)[0], leaves
   ):
     s_np = np.asarray(s)
+    where = jax.tree_util.keystr(path)
+    # One-directional: the scales leaf must broadcast *to* the parameter
+    # (a (3, 6) leaf for a (6,) parameter would change the gradient's shape).
     try:
-      np.broadcast_shapes(s_np.shape, np.shape(p))
+      fits = np.broadcast_shapes(s_np.shape, np.shape(p)) == np.shape(p)
     except ValueError:
+      fits = False
+    if not fits:
       raise ValueError(
-          f"{owner}: `scales` leaf at {jax.tree_util.keystr(path)} has shape "
-          f"{s_np.shape}, which does not broadcast to the parameter's shape "
-          f"{np.shape(p)}."
-      ) from None
+          f"{owner}: `scales` leaf at {where} has shape {s_np.shape}, which "
+          f"does not broadcast to the parameter's shape {np.shape(p)}. Use a "
+          "scalar or an array of the parameter's shape (or one that "
+          "broadcasts to it, e.g. shape (1,) or a trailing sub-shape)."
+      )
+    if not np.issubdtype(s_np.dtype, np.number) or np.issubdtype(
+        s_np.dtype, np.complexfloating
+    ):
+      raise TypeError(
+          f"{owner}: `scales` leaf at {where} must hold real numbers, got "
+          f"dtype {s_np.dtype}."
+      )
     if not np.all(s_np > 0):
       raise ValueError(
-          f"{owner}: `scales` leaf at {jax.tree_util.keystr(path)} has "
-          "entries <= 0 (or NaN); scale-freeness is about positive factors "
-          "c_i > 0."
+          f"{owner}: `scales` leaf at {where} has entries <= 0 (or NaN); "
+          "scale-freeness is about positive factors c_i > 0."
+      )
+    if not np.all(np.isfinite(s_np)):
+      raise ValueError(
+          f"{owner}: `scales` leaf at {where} has infinite entries; "
+          "scale-freeness is about finite factors 0 < c_i < inf (an infinite "
+          "factor makes the rescaled gradient inf, which would be blamed on "
+          "the optimizer). Use large finite factors, e.g. 1e6."
       )
   return "per-coordinate"
+
+
+def _check_rtol(rtol, owner):
+  if rtol is None:
+    return
+  ok = (
+      not isinstance(rtol, bool)
+      and _is_scalar(rtol)
+      and np.isfinite(float(rtol))
+      and float(rtol) >= 0
+  )
+  if not ok:
+    raise ValueError(
+        f"{owner}: `rtol` must be a finite number >= 0 (or None for the "
+        f"default, 1e-9 in float64 and 1e-4 in float32), got {rtol!r}."
+    )
 
 
 def _run_dtype(params):
@@ -265,16 +301,26 @@ def scale_free_report(
     grad_fn: ``params -> grads`` (traceable by ``jax.jit``), e.g.
       ``jax.grad(loss)``. Gradients should be non-zero along the trajectory.
     steps: number of optimizer steps.
-    scales: a positive scalar ``c`` (loss multiplier: gradients ``c g``) or a
-      pytree like ``params`` of positive factors broadcastable to each leaf
-      (per-coordinate rescaling: gradients ``c ⊙ g``).
-    rtol: tolerance used to word the verdict; default :func:`default_rtol`.
+    scales: a finite positive scalar ``c`` (loss multiplier: gradients
+      ``c g``) or a pytree like ``params`` of finite positive factors, each
+      leaf broadcastable *to* its parameter's shape (per-coordinate
+      rescaling: gradients ``c ⊙ g`` of the parameter's shape).
+    rtol: tolerance used to word the verdict, a finite number >= 0;
+      default :func:`default_rtol`.
     rescaled_optimizer: the optimizer of the rescaled run (default: the same
       ``optimizer``). Pass e.g. ``proxopt.adam_l2(lr, weight_decay=c * wd)`` to check that a
       hyper-parameter change compensates a loss multiplier ``c``.
 
   Returns:
     A :class:`ScaleFreeReport`; ``print`` it for a readable verdict.
+
+  Raises:
+    ValueError: (before anything runs) if ``scales`` is not finite and
+      positive, a ``scales`` leaf does not broadcast to its parameter's shape,
+      or ``rtol`` is negative, NaN or infinite; ``steps`` < 1.
+    TypeError: if ``optimizer``/``rescaled_optimizer`` is not a
+      ``GradientTransformation``, ``grad_fn`` is not callable, or a ``params``
+      leaf is not floating point.
 
   Both runs are traced once and run in a single jitted ``lax.scan``. Use
   float64 (``jax.config.update("jax_enable_x64", True)``) for tight checks;
@@ -296,6 +342,7 @@ def scale_free_report(
   """
   owner = "proxopt.testing.scale_free_report"
   kind = _check_inputs(optimizer, params, grad_fn, steps, scales, owner)
+  _check_rtol(rtol, owner)
   if rescaled_optimizer is None:
     rescaled_optimizer = optimizer
   elif not (hasattr(rescaled_optimizer, "init") and hasattr(rescaled_optimizer, "update")):

@@ -62,14 +62,14 @@ def test_property_scale_free_and_not(case):
     params, grad_fn = logcosh_problem(dim, seed)
     kw = dict(steps=25, scales=scales)
     for opt in (
-        proxopt.adamw(sched, wd, eps=0.0),
-        proxopt.adamprox(sched, wd, eps=0.0),
+        proxopt.adamw(sched, weight_decay=wd, eps=0.0),
+        proxopt.adamprox(sched, weight_decay=wd, eps=0.0),
         optax.adam(sched, eps=0.0),
     ):
       r = testing.assert_scale_free(opt, params, grad_fn, **kw)
       assert r.dtype == "float64" and r.max_rel_change <= 1e-9
       assert r.verdict == "scale-free"
-    for opt in (proxopt.adam_l2(sched, wd, eps=0.0), optax.sgd(sched)):
+    for opt in (proxopt.adam_l2(sched, weight_decay=wd, eps=0.0), optax.sgd(sched)):
       r = testing.assert_not_scale_free(opt, params, grad_fn, **kw)
       assert r.max_rel_change > 1e-6
 
@@ -116,11 +116,11 @@ def test_adam_l2_loss_multiplier_equals_scaled_weight_decay(x64, c):
   """
   params, grad_fn = logcosh_problem(4, 3)
   lr, lam = 0.05, 0.3
-  ref = _run(proxopt.adam_l2(lr, lam, eps=0.0), grad_fn, params, 30)
-  scaled = _run(proxopt.adam_l2(lr, c * lam, eps=0.0), grad_fn, params, 30, c=c)
+  ref = _run(proxopt.adam_l2(lr, weight_decay=lam, eps=0.0), grad_fn, params, 30)
+  scaled = _run(proxopt.adam_l2(lr, weight_decay=c * lam, eps=0.0), grad_fn, params, 30, c=c)
   np.testing.assert_allclose(scaled, ref, rtol=1e-12, atol=1e-13)
   # Sanity: the loss multiplier alone does change Adam-L2's iterates.
-  moved = _run(proxopt.adam_l2(lr, lam, eps=0.0), grad_fn, params, 30, c=c)
+  moved = _run(proxopt.adam_l2(lr, weight_decay=lam, eps=0.0), grad_fn, params, 30, c=c)
   assert np.max(np.abs(moved - ref)) > 1e-4
 
 
@@ -128,14 +128,14 @@ def test_loss_multiplier_through_the_toolkit(x64):
   params, grad_fn = logcosh_problem(4, 3)
   lr, lam, c = 0.05, 0.3, 37.0
   testing.assert_scale_free(
-      proxopt.adam_l2(lr, lam, eps=0.0), params, grad_fn, steps=30, scales=c,
-      rescaled_optimizer=proxopt.adam_l2(lr, c * lam, eps=0.0),
+      proxopt.adam_l2(lr, weight_decay=lam, eps=0.0), params, grad_fn, steps=30, scales=c,
+      rescaled_optimizer=proxopt.adam_l2(lr, weight_decay=c * lam, eps=0.0),
   )
   testing.assert_not_scale_free(
-      proxopt.adam_l2(lr, lam, eps=0.0), params, grad_fn, steps=30, scales=c
+      proxopt.adam_l2(lr, weight_decay=lam, eps=0.0), params, grad_fn, steps=30, scales=c
   )
   testing.assert_scale_free(
-      proxopt.adamw(lr, lam, eps=0.0), params, grad_fn, steps=30, scales=c
+      proxopt.adamw(lr, weight_decay=lam, eps=0.0), params, grad_fn, steps=30, scales=c
   )
 
 
@@ -171,7 +171,7 @@ def test_float32_default_rtol():
   params = jax.tree.map(lambda x: x.astype(jnp.float32), params)
   scales = {"w": jnp.geomspace(1e-3, 1e3, 5), "v": jnp.full((2, 2), 30.0)}
   r = testing.assert_scale_free(
-      proxopt.adamw(0.05, 0.1, eps=0.0), params, grad_fn, steps=40, scales=scales
+      proxopt.adamw(0.05, weight_decay=0.1, eps=0.0), params, grad_fn, steps=40, scales=scales
   )
   assert r.dtype == "float32" and r.rtol == 1e-4
   assert r.max_rel_change < 1e-4
@@ -211,7 +211,7 @@ def test_broadcastable_scales_per_leaf(x64):
 def test_failure_messages(x64):
   params, grad_fn = logcosh_problem(2, 0)
   with pytest.raises(AssertionError) as e:
-    testing.assert_scale_free(proxopt.adam_l2(0.1, 0.5, eps=0.0), params,
+    testing.assert_scale_free(proxopt.adam_l2(0.1, weight_decay=0.5, eps=0.0), params,
                               grad_fn, steps=10, scales=100.0)
   msg = str(e.value)
   assert msg.startswith("[proxopt] Assertion assert_scale_free failed")
@@ -250,6 +250,25 @@ def test_optimizer_that_does_not_move(x64):
          "does not broadcast"),
         (dict(scales={"w": jnp.array([1.0, -2.0]), "v": 1.0}), ValueError,
          r"entries <= 0"),
+        # A scales leaf that broadcasts *with* but not *to* the parameter
+        # (issue #13: used to fail deep inside lax.scan).
+        (dict(scales={"w": jnp.ones((3, 2)), "v": 1.0}), ValueError,
+         r"at \['w'\] has shape \(3, 2\), which does not broadcast to the "
+         r"parameter's shape \(2,\)"),
+        (dict(scales={"w": 1.0, "v": jnp.ones((1, 2, 2))}), ValueError,
+         r"at \['v'\] has shape \(1, 2, 2\).*shape \(2, 2\)"),
+        # Infinite factors (used to run and be blamed on the optimizer).
+        (dict(scales=float("inf")), ValueError, "`scales` must be > 0 and finite"),
+        (dict(scales={"w": jnp.array([1.0, jnp.inf]), "v": 1.0}), ValueError,
+         r"at \['w'\] has infinite entries"),
+        (dict(scales={"w": 1.0, "v": np.full((2, 2), np.nan)}), ValueError,
+         r"at \['v'\] has entries <= 0 \(or NaN\)"),
+        # rtol: negative, NaN, infinite (used to be accepted).
+        (dict(rtol=-1e-3), ValueError, "`rtol` must be a finite number >= 0"),
+        (dict(rtol=float("nan")), ValueError, "`rtol` must be a finite number"),
+        (dict(rtol=float("inf")), ValueError, "`rtol` must be a finite number"),
+        (dict(rtol=np.float32(-1.0)), ValueError, "`rtol`"),
+        (dict(rtol="1e-3"), ValueError, "`rtol`"),
         (dict(steps=0), ValueError, "`steps` must be an int >= 1"),
         (dict(steps=2.5), ValueError, "`steps` must be an int >= 1"),
         (dict(optimizer=optax.adam), TypeError, "GradientTransformation"),
@@ -268,3 +287,35 @@ def test_bad_arguments(kwargs, err, match):
     testing.scale_free_report(
         args.pop("optimizer"), args.pop("params"), args.pop("grad_fn"), **args
     )
+
+
+@pytest.mark.parametrize("check", [testing.assert_scale_free,
+                                   testing.assert_not_scale_free])
+def test_bad_scales_and_rtol_raise_before_running(check):
+  """Issue #13: the assertions check their arguments before any tracing."""
+  calls = []
+
+  def grad_fn(p):
+    calls.append(1)
+    return jax.tree.map(jnp.ones_like, p)
+
+  params = {"w": jnp.zeros(6)}
+  with pytest.raises(ValueError, match=r"shape \(3, 6\), which does not "
+                     r"broadcast to the parameter's shape \(6,\)"):
+    check(optax.adam(0.1), params, grad_fn, steps=2,
+          scales={"w": jnp.ones((3, 6))})
+  with pytest.raises(ValueError, match="infinite entries"):
+    check(optax.adam(0.1), params, grad_fn, steps=2,
+          scales={"w": jnp.full(6, jnp.inf)})
+  with pytest.raises(ValueError, match="`rtol`"):
+    check(optax.adam(0.1), params, grad_fn, steps=2, scales=2.0, rtol=-1.0)
+  assert not calls
+
+
+def test_valid_edge_arguments_still_accepted(x64):
+  """rtol=0 (exact) and scales of shape (1,) / trailing sub-shape are fine."""
+  params, grad_fn = logcosh_problem(3, 2)
+  r = testing.scale_free_report(
+      optax.adam(0.1, eps=0.0), params, grad_fn, steps=5, rtol=0.0,
+      scales={"w": jnp.array([7.0]), "v": jnp.array([1e-2, 1e2])})
+  assert r.rtol == 0.0 and r.max_rel_change < 1e-12
