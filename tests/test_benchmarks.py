@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import doctest
 import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
 
 import jax
 import jax.numpy as jnp
@@ -16,8 +20,16 @@ import pytest
 import proxopt
 from benchmarks import blocked, optimizer_step
 
-torch = pytest.importorskip("torch")
-from benchmarks import torch_peer  # noqa: E402  (needs torch)
+# Only the tests that need PyTorch take the `torch` / `torch_peer` fixtures
+# (skipped without torch, marked `torch`); the optimizer-state, HLO and
+# blocked-step invariants run without it
+# (test_torch_free_tests_run_without_torch checks that).
+
+
+@pytest.fixture
+def torch_peer(torch):
+  from benchmarks import torch_peer as peer  # imports torch
+  return peer
 
 
 def _shape_tree(depth):
@@ -47,7 +59,7 @@ def test_allocated_state_bytes_match_param_count():
   shapes = optimizer_step.resnet_param_shapes(20)
   params = {k: jnp.zeros(s, jnp.float32) for k, s in shapes.items()}
   n = sum(x.size for x in params.values())
-  for tx in (proxopt.adamprox(1e-3, 1e-4), proxopt.adamw(1e-3, 1e-4),
+  for tx in (proxopt.adamprox(1e-3, weight_decay=1e-4), proxopt.adamw(1e-3, weight_decay=1e-4),
              optax.chain(optax.adam(1e-3), proxopt.proximal(proxopt.l1(1e-5), 1e-3))):
     state = tx.init(params)
     nbytes = sum(x.nbytes for x in jax.tree.leaves(state))
@@ -80,17 +92,25 @@ def test_prox_and_decay_add_no_memory_pass():
 
 
 # ------------------------------------------------------ parameter tree shapes
-def test_resnet_shapes_match_experiments_model_and_torch_peer():
-  from experiments.models import count_params, make_model
-  from flax import nnx
-  shapes = optimizer_step.resnet_param_shapes(110)
-  # 1.7M as published; the same count as the torch peer's ResNet-110 (its
-  # construction is too slow for this test; it is in torch_peer's doctest).
-  assert sum(int(np.prod(s)) for s in shapes.values()) == 1_719_866
-  assert len(shapes) == 111
+@pytest.mark.torch
+def test_resnet_shapes_match_torch_peer(torch_peer):
+  # The same count as the torch peer's ResNet-110 (its construction is too
+  # slow for this test; it is in torch_peer's doctest).
   assert sum(int(np.prod(s)) for s in optimizer_step.resnet_param_shapes(
       20).values()) == torch_peer.param_count(
           torch_peer.make_resnet(20, bn=False))
+  bn = optimizer_step.resnet_param_shapes(20, bn=True)
+  assert sum(int(np.prod(s)) for s in bn.values()) == torch_peer.param_count(
+      torch_peer.make_resnet(20, bn=True)) == 269_722
+
+
+def test_resnet_shapes_match_experiments_model():
+  from experiments.models import count_params, make_model
+  from flax import nnx
+  shapes = optimizer_step.resnet_param_shapes(110)
+  # 1.7M as published.
+  assert sum(int(np.prod(s)) for s in shapes.values()) == 1_719_866
+  assert len(shapes) == 111
   # Abstract init: shapes only, no eager random draws (fast).
   model = nnx.eval_shape(
       lambda: make_model("resnet20", num_classes=10, use_bn=False, seed=0))
@@ -100,12 +120,11 @@ def test_resnet_shapes_match_experiments_model_and_torch_peer():
   assert flax_shapes == ours
   assert count_params(model) == sum(int(np.prod(s)) for s in ours)
   bn = optimizer_step.resnet_param_shapes(20, bn=True)
-  assert sum(int(np.prod(s)) for s in bn.values()) == torch_peer.param_count(
-      torch_peer.make_resnet(20, bn=True)) == 269_722
+  assert sum(int(np.prod(s)) for s in bn.values()) == 269_722
 
 
 # ------------------------------------------ the PyTorch peer is the same model
-def _copy_flax_to_torch(model, tmodel):
+def _copy_flax_to_torch(torch, model, tmodel):
   def conv(dst, src):  # HWIO -> OIHW
     dst.weight.data = torch.from_numpy(
         np.asarray(src.kernel[...]).transpose(3, 2, 0, 1).copy())
@@ -120,29 +139,32 @@ def _copy_flax_to_torch(model, tmodel):
       np.array(model.head.fc.bias[...]))
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("bn", [False, True])
-def test_torch_peer_computes_the_same_function(bn):
+def test_torch_peer_computes_the_same_function(torch, torch_peer, bn):
   from experiments.models.resnet import ResNet
   from flax import nnx
   model = ResNet(8, 10, use_bn=bn, rngs=nnx.Rngs(0))  # every block kind
   model.train()  # BN on batch statistics on both sides
   tmodel = torch_peer.make_resnet(8, bn=bn, seed=0)
   tmodel.train()
-  _copy_flax_to_torch(model, tmodel)
+  _copy_flax_to_torch(torch, model, tmodel)
   x = np.random.default_rng(0).standard_normal((4, 32, 32, 3)).astype(np.float32)
   want = np.asarray(model(jnp.asarray(x)))
   got = tmodel(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).detach().numpy()
   np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
 
 
-def test_torch_peer_init_scale_matches_kaiming_fan_in():
+@pytest.mark.torch
+def test_torch_peer_init_scale_matches_kaiming_fan_in(torch_peer):
   tmodel = torch_peer.make_resnet(56, bn=False, seed=0)
   w = tmodel.blocks[20].conv2.weight.detach().numpy()  # 64 -> 64, 3x3
   assert abs(w.std() / np.sqrt(2.0 / (64 * 9)) - 1) < 0.02
   assert np.all(tmodel.head.bias.detach().numpy() == 0)
 
 
-def test_torch_peer_step_learns_and_bad_input():
+@pytest.mark.torch
+def test_torch_peer_step_learns_and_bad_input(torch, torch_peer):
   model = torch_peer.make_resnet(8, bn=False, seed=0)
   step = torch_peer.make_train_step(
       model, torch_peer.make_optimizer(model, "adamw", 1e-2, 1e-4))
@@ -158,15 +180,16 @@ def test_torch_peer_step_learns_and_bad_input():
     torch_peer.make_optimizer(model, "lion")
 
 
-def test_benchmark_doctests():
+@pytest.mark.torch
+def test_benchmark_doctests(torch_peer):
   res = doctest.testmod(torch_peer)
   assert res.attempted > 0 and res.failed == 0
 
 
 # --------------------------------------------------- the blocked (experimental)
 @pytest.mark.parametrize("kind,ref", [
-    ("adamprox", lambda: proxopt.adamprox(1e-2, 0.5)),
-    ("adamw", lambda: proxopt.adamw(1e-2, 0.5)),
+    ("adamprox", lambda: proxopt.adamprox(1e-2, weight_decay=0.5)),
+    ("adamw", lambda: proxopt.adamw(1e-2, weight_decay=0.5)),
 ])
 def test_blocked_adam_equals_proxopt_alias(kind, ref):
   n, chunk = 4 * 1024, 1024
@@ -211,7 +234,8 @@ def test_blocked_adam_bad_input():
 
 
 # ------------------------------------------------------------- CLI smoke runs
-def test_optimizer_step_quick_json(tmp_path):
+@pytest.mark.torch
+def test_optimizer_step_quick_json(torch, tmp_path):
   path = tmp_path / "opt.json"
   argv = ["--quick", "--json", str(path), "--trees", "flat64m", "--reps", "2",
           "--candidates", "proxopt.adamprox,proxopt.adamw,optax.adamw,"
@@ -254,7 +278,8 @@ def test_optimizer_step_bad_args():
       optimizer_step.parse_args(argv)
 
 
-def test_train_step_quick_json(tmp_path):
+@pytest.mark.torch
+def test_train_step_quick_json(torch, tmp_path):
   from benchmarks import train_step
   path = tmp_path / "train.json"
   out = train_step.main(["--quick", "--json", str(path), "--bn", "off",
@@ -284,3 +309,45 @@ def test_train_step_quick_json(tmp_path):
                ["--also-threads", "x"], ["--threads", "0"], ["--convs", "cudnn"]):
     with pytest.raises(SystemExit):
       train_step.parse_args(argv)
+
+
+# ------------------------------------------ the torch-free part needs no torch
+_BLOCK_TORCH = """
+import sys
+sys.modules["torch"] = None   # `import torch` now raises ImportError
+import pytest
+sys.exit(pytest.main(sys.argv[1:]))
+"""
+
+
+def test_torch_free_tests_run_without_torch(tmp_path):
+  """With torch unimportable, every unmarked test here runs and passes."""
+  report = tmp_path / "report.xml"
+  me = os.path.relpath(__file__, os.getcwd())
+  proc = subprocess.run(
+      [sys.executable, "-c", _BLOCK_TORCH, me, "-q",
+       "-k", "not run_without_torch", f"--junitxml={report}"],
+      capture_output=True, text=True, timeout=600,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  passed, skipped = set(), {}
+  for case in ET.parse(report).getroot().iter("testcase"):
+    name = case.get("name").split("[")[0]
+    assert case.find("failure") is None and case.find("error") is None, name
+    if case.find("skipped") is not None:
+      skipped[name] = case.find("skipped").get("message", "")
+    else:
+      passed.add(name)
+  module = sys.modules[__name__]
+  tests = {n for n in dir(module)
+           if n.startswith("test_") and n != "test_torch_free_tests_run_without_torch"}
+  needs_torch = {n for n in tests
+                 if any(m.name == "torch"
+                        for m in getattr(getattr(module, n), "pytestmark", []))}
+  # Everything not marked `torch` passed, nothing of it skipped ...
+  assert passed == tests - needs_torch, (passed, skipped)
+  assert len(passed) >= 8
+  # ... and the torch tests were skipped because torch is missing.
+  assert set(skipped) == needs_torch
+  assert all("torch" in why for why in skipped.values()), skipped
