@@ -268,6 +268,9 @@ class ReduceOnPlateauState(NamedTuple):
     count: int32, optimizer updates taken; the base schedule is read here.
     scale: float, product of the reductions so far (starts at 1).
     best: float, best metric seen (``+inf`` / ``-inf`` before any).
+      ``scale`` and ``best`` have JAX's default float dtype when ``init``
+      runs: float64 under ``jax_enable_x64`` (PyTorch's decisions exactly),
+      float32 otherwise (see :func:`reduce_on_plateau`).
     num_bad_evals: int32, evaluations since the last improvement.
     cooldown_counter: int32, evaluations left in the cooldown.
     num_evals: int32, metrics observed so far.
@@ -351,7 +354,6 @@ class ReduceOnPlateau:
       cooldown: int,
       min_scale: float,
       eps: float,
-      eps_reference: float,
   ):
     self.base = base
     self.mode = mode
@@ -362,7 +364,6 @@ class ReduceOnPlateau:
     self.cooldown = cooldown
     self.min_scale = min_scale
     self.eps = eps
-    self._eps_reference = eps_reference
 
   def __repr__(self) -> str:
     return (
@@ -378,6 +379,15 @@ class ReduceOnPlateau:
     worst = jnp.inf if self.mode == "min" else -jnp.inf
     zero = jnp.zeros([], jnp.int32)
     # The default float dtype: float32, or float64 under jax_enable_x64.
+    # torch keeps `best` and the learning rate as Python floats (float64), so
+    # under x64 every decision is torch's exactly. In float32 we do not try to
+    # emulate float64: a metric passed as a Python float is already rounded
+    # when it enters the (traceable) state, and reproducing float64's
+    # rounding of `best * (1 - threshold)` with float32 pairs would need
+    # error-free transformations (TwoProduct/TwoSum) that XLA may fuse or
+    # reorder, for ties that only matter at the last bit. Instead float32
+    # mode is documented precisely (metric rounded to float32, comparisons in
+    # float32) and tested bit for bit against a NumPy float32 reference.
     dtype = jnp.ones([]).dtype
     return ReduceOnPlateauState(
         count=zero,
@@ -495,8 +505,13 @@ class ReduceOnPlateau:
     bad = jnp.where(in_cooldown, 0, bad)
     reduce = bad > self.patience
     new_scale = jnp.maximum(st.scale * self.factor, jnp.asarray(self.min_scale, st.scale.dtype))
-    # torch skips reductions smaller than eps (in step-size units).
-    large_enough = (st.scale - new_scale) * self._eps_reference > self.eps
+    # torch skips reductions with old_lr - new_lr <= eps, where old_lr is the
+    # step size the next optimizer step would use. Ours is base(count) * scale
+    # (the step size `self(st)` reports), so eps is measured in step-size
+    # units at the current count, for a schedule base too.
+    base = self.base(st.count) if callable(self.base) else self.base
+    base = jnp.asarray(base, st.scale.dtype)
+    large_enough = base * st.scale - base * new_scale > self.eps
     scale = jnp.where(reduce & large_enough, new_scale, st.scale)
     cooldown_counter = jnp.where(reduce, self.cooldown, cooldown_counter)
     bad = jnp.where(reduce, 0, bad)
@@ -535,12 +550,43 @@ def reduce_on_plateau(
   AdamW's decay ``s_t * wd`` and every ``prox_{s_t R}`` use the reduced
   ``s_t``: the prox stays exact.
 
-  The arguments and defaults are PyTorch's, with one deliberate difference:
-  in ``threshold_mode="rel"`` the threshold is relative to ``|best|``
-  (``metric < best - threshold * |best|`` in ``"min"`` mode). For
-  ``best >= 0`` this is PyTorch's ``best * (1 - threshold)``; for a negative
-  ``best`` (e.g. a negative log-likelihood bound or a reward) PyTorch's rule
-  would count slightly *worse* values as improvements and never reduce.
+  The arguments and defaults are PyTorch's, and so are the decisions, with
+  these exact differences:
+
+  - ``threshold_mode="rel"`` is relative to ``|best|``
+    (``metric < best - threshold * |best|`` in ``"min"`` mode). For
+    ``best >= 0`` this is PyTorch's ``best * (1 - threshold)``, computed the
+    same way; for a negative ``best`` (e.g. a negative log-likelihood bound
+    or a reward) PyTorch's rule would count slightly *worse* values as
+    improvements and never reduce.
+  - Precision. PyTorch keeps ``best`` and the learning rate as Python
+    floats (float64). The state here has JAX's default float dtype at
+    ``init``. With ``jax_enable_x64`` on, ``best`` and ``scale`` are float64,
+    the metric is converted to float64 (exactly, for float32 or float64
+    inputs) and every improvement, cooldown and reduction decision is
+    PyTorch's; the step size ``base(t) * scale`` can differ from PyTorch's
+    repeatedly multiplied ``lr`` in the last bits only. Without x64
+    (float32): the metric is rounded to float32 (to nearest) before it is
+    compared, ``best`` is stored in float32, and the comparison, the bound
+    (``best * (1 - threshold)``, ``best * (1 + threshold)``,
+    ``best - threshold`` or ``best + threshold``, with ``threshold`` and
+    ``1 - threshold`` rounded to float32) and the ``eps`` test are computed
+    in float32. Improvements below float32 resolution are then lost (a
+    metric of ``1 - 1e-9`` does not improve on ``1.0``), and values that tie
+    in exact arithmetic are decided by float32 rounding rather than float64
+    rounding (with ``threshold_mode="abs", threshold=0.01``, ``2.11``
+    improves on ``2.12`` in float64 but not in float32, and ``2.12`` on
+    ``2.13`` in float32 but not in float64). Enable x64 for PyTorch's
+    decisions.
+  - ``eps`` is measured on the step size the next update would use,
+    ``base(count) * scale`` (PyTorch's ``old_lr - new_lr > eps`` when its
+    learning rate is ``base(t) * scale``, i.e. ``ReduceLROnPlateau`` chained
+    with a per-step scheduler). With a schedule ``base`` a reduction that is
+    skipped now may therefore happen at a later evaluation, when ``base`` is
+    larger.
+  - With a schedule ``base``, ``min_scale`` bounds ``scale`` (relative to
+    ``base(t)``), not the step size; PyTorch's ``min_lr`` is absolute
+    (``min_value`` is ``min_lr`` for a constant ``base``).
 
   Args:
     base: the step size without reductions: a float, or an Optax schedule
@@ -558,8 +604,10 @@ def reduce_on_plateau(
     min_value: PyTorch's ``min_lr`` in step-size units; only with a constant
       ``base`` (converted to ``min_scale = min_value / base``).
     eps: reductions that would change the step size by no more than ``eps``
-      are skipped (PyTorch's ``eps``). Measured in step-size units for a
-      constant ``base``; with a schedule ``base``, on ``scale`` itself.
+      are skipped (PyTorch's ``eps``): a reduction happens only if
+      ``base(count) * scale - base(count) * new_scale > eps``, in step-size
+      units at the current update count, for a constant or a schedule
+      ``base``.
 
   Returns:
     A :class:`ReduceOnPlateau` (an ``optax.schedules.StatefulSchedule``) to pass to
@@ -641,7 +689,6 @@ def reduce_on_plateau(
       cooldown=cooldown,
       min_scale=min_scale,
       eps=float(eps),
-      eps_reference=1.0 if callable(base) else float(base),
   )
 
 

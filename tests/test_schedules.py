@@ -189,6 +189,187 @@ def test_plateau_with_schedule_base_multiplies():
 
 
 # ---------------------------------------------------------------------------
+# Issue #13: eps with a schedule base, float64 vs float32 decisions.
+
+
+def _torch_chained_lrs(torch, base_fn, stream, steps_per_eval, **kw):
+  """torch's lr after each evaluation: ReduceLROnPlateau chained with a
+  per-step MultiplicativeLR whose lr is base_fn(t) (times the reductions)."""
+  p = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+  opt = torch.optim.SGD([p], lr=base_fn(0))
+  per_step = torch.optim.lr_scheduler.MultiplicativeLR(
+      opt, lambda t: base_fn(t) / base_fn(t - 1))
+  plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, **kw)
+  out = []
+  for m in stream:
+    for _ in range(steps_per_eval):
+      opt.step()
+      per_step.step()
+    plateau.step(m)
+    out.append(opt.param_groups[0]["lr"])
+  return out
+
+
+def _our_chained_lrs(base, stream, steps_per_eval, **kw):
+  plateau = proxopt.reduce_on_plateau(base, **kw)
+  state = plateau.init()
+  update, observe = jax.jit(plateau.update), jax.jit(plateau.observe)
+  out = []
+  for m in stream:
+    for _ in range(steps_per_eval):
+      state = update(state)
+    state = observe(state, m)
+    out.append(float(plateau.step_size(state)))
+  return out
+
+
+def _reductions(lrs, base_lrs):
+  """Evaluations at which the scale (lr / base) dropped."""
+  scale = np.asarray(lrs) / np.asarray(base_lrs)
+  return [i for i in range(1, len(scale)) if scale[i] < scale[i - 1] * (1 - 1e-9)]
+
+
+@pytest.mark.torch
+def test_plateau_eps_with_schedule_base_matches_torch_chained(torch, x64):
+  """eps is compared with old_lr - new_lr at the current step, as torch does.
+
+  Warm-up from 0.01 then cosine: while the step is small, a reduction would
+  change it by less than eps and torch skips it; later the same reduction is
+  large enough. (Measuring eps on the scale alone reduces at every plateau.)
+  """
+  base = optax.warmup_cosine_decay_schedule(0.001, 1.0, 40, 100, end_value=1e-3)
+  # The base as the plateau reads it (optax schedules of an int32 count give
+  # float32 values, even under x64), handed to torch as Python floats.
+  base_fn = lambda t: float(base(jnp.asarray(t, jnp.int32)))
+  kw = dict(mode="min", factor=0.5, patience=0, eps=0.1)
+  stream = [1.0] * 30  # no improvement after the first: reduce when allowed
+  want = _torch_chained_lrs(torch, base_fn, stream, 2, **kw)
+  got = _our_chained_lrs(base, stream, 2, **kw)
+  np.testing.assert_allclose(got, want, rtol=1e-12)
+  # The case is non-trivial: torch skipped reductions, then made some.
+  base_lrs = [base_fn(2 * (i + 1)) for i in range(len(stream))]
+  cuts = _reductions(want, base_lrs)
+  assert cuts == _reductions(got, base_lrs)
+  assert cuts == [3, 7, 15]  # at base(t) > 0.2, 0.4, 0.8: 0.5 * lr > eps
+  # With a random-walk metric and patience/cooldown.
+  kw = dict(mode="min", factor=0.3, patience=1, cooldown=1, eps=0.02)
+  want = _torch_chained_lrs(torch, base_fn, LOSS[:40], 2, **kw)
+  np.testing.assert_allclose(_our_chained_lrs(base, LOSS[:40], 2, **kw), want,
+                             rtol=1e-12)
+
+
+# Metric streams on which float32 and float64 decide differently.
+TINY_GAINS = [1.0 - k * 1e-9 for k in range(8)]  # each improves, in float64
+TIES = [2.13, 2.12, 2.11, 2.1, 2.11, 2.12, 2.13, 2.12, 2.11, 2.1, 2.09, 2.08]
+PRECISION_SETTINGS = [
+    (TINY_GAINS, dict(threshold=0.0, patience=0, factor=0.5)),
+    (TINY_GAINS, dict(threshold=0.0, threshold_mode="abs", patience=0,
+                      factor=0.5)),
+    (TIES, dict(threshold=0.01, threshold_mode="abs", patience=0, factor=0.5)),
+    ([-x for x in TIES], dict(mode="max", threshold=0.01,
+                              threshold_mode="abs", patience=0, factor=0.5)),
+]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("stream,base,kw", [
+    (s, 0.1, kw) for s, kw in PRECISION_SETTINGS] + TORCH_SETTINGS)
+def test_plateau_x64_decisions_are_torchs_exactly(torch, x64, stream, base, kw,
+                                                  jit):
+  """Under x64, best is float64: every decision is torch's, bit for bit."""
+  want = _torch_plateau_lrs(torch, stream, base, **dict(kw))
+  plateau = proxopt.reduce_on_plateau(base, **kw)
+  assert plateau.init().best.dtype == jnp.float64
+  got = _our_plateau_lrs(stream, base, jit=jit, **kw)
+  # The same evaluations reduce; the step sizes agree to the last bits.
+  assert [b < a for a, b in zip(got, got[1:])] == [
+      b < a for a, b in zip(want, want[1:])]
+  np.testing.assert_allclose(got, want, rtol=1e-15)
+  if kw.get("factor") == 0.5 and "min_value" not in kw:
+    assert got == want  # products of 0.5: the very same floats
+
+
+@pytest.mark.parametrize("stream,kw", PRECISION_SETTINGS)
+def test_plateau_float32_differs_from_float64_on_these_streams(stream, kw):
+  """The streams above are decided differently in float32 (the reason why)."""
+  assert not jax.config.jax_enable_x64
+  f32 = _our_plateau_lrs(stream, 0.1, **kw)
+  assert proxopt.reduce_on_plateau(0.1, **kw).init().best.dtype == jnp.float32
+  f64 = _ref_plateau_lrs(stream, 0.1, **kw)  # == torch (tested above)
+  drops = lambda lrs: [i for i in range(1, len(lrs)) if lrs[i] < lrs[i - 1]]
+  assert drops(f32) != drops(f64)
+
+
+def _f32_ref_plateau_lrs(stream, base, mode="min", factor=0.1, patience=10,
+                         threshold=1e-4, threshold_mode="rel", cooldown=0,
+                         min_scale=0.0, eps=1e-8):
+  """The documented float32 rule, in NumPy float32 scalars."""
+  f = np.float32
+  best = f(np.inf) if mode == "min" else f(-np.inf)
+  th, one = f(threshold), f(1.0)
+  scale, base32 = f(1.0), f(base)
+  bad = cooldown_counter = 0
+  out = []
+  for a in stream:
+    m = f(a)  # rounded to nearest float32
+    if threshold_mode == "abs":
+      bound = best - th if mode == "min" else best + th
+    elif np.isinf(best):
+      bound = best
+    elif mode == "min":
+      bound = best * (one - th) if best >= 0 else best * (one + th)
+    else:
+      bound = best * (one + th) if best >= 0 else best * (one - th)
+    better = m < bound if mode == "min" else m > bound
+    if better:
+      best, bad = m, 0
+    else:
+      bad += 1
+    if cooldown_counter > 0:
+      cooldown_counter -= 1
+      bad = 0
+    if bad > patience:
+      new = max(f(scale * f(factor)), f(min_scale))
+      if f(base32 * scale) - f(base32 * new) > f(eps):
+        scale = new
+      cooldown_counter, bad = cooldown, 0
+    out.append(float(f(base32 * scale)))
+  return out
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("stream,kw", PRECISION_SETTINGS + [
+    (s, kw) for s, _, kw in TORCH_SETTINGS if "min_value" not in kw] + [
+    (NEG_LOSS, dict(factor=0.5, patience=1, threshold=0.003)),
+    ([1.0 + 1e-7 * k for k in range(12)], dict(mode="max", threshold=1e-7,
+                                                patience=0, factor=0.7)),
+    (TIES, dict(threshold=0.0047, patience=0, factor=0.9, eps=0.0096)),
+])
+def test_plateau_float32_is_the_documented_rule_exactly(stream, kw, jit):
+  """Without x64: metric rounded to float32, comparisons in float32."""
+  assert not jax.config.jax_enable_x64
+  want = _f32_ref_plateau_lrs(stream, 0.1, **kw)
+  got = _our_plateau_lrs(stream, 0.1, jit=jit, **kw)
+  assert got == want
+
+
+def test_plateau_docstring_states_the_differences_from_torch():
+  """Issue #13: the docs state the exact differences (checked above)."""
+  doc = " ".join(proxopt.reduce_on_plateau.__doc__.split())
+  for phrase in [
+      "relative to ``|best|``",
+      "With ``jax_enable_x64`` on, ``best`` and ``scale`` are float64",
+      "the metric is rounded to float32 (to nearest) before it is compared",
+      "a metric of ``1 - 1e-9`` does not improve on ``1.0``",
+      "``2.11`` improves on ``2.12`` in float64 but not in float32",
+      "``base(count) * scale - base(count) * new_scale > eps``",
+      "``min_scale`` bounds ``scale``",
+  ]:
+    assert phrase in doc, phrase
+
+
+# ---------------------------------------------------------------------------
 # Count-based schedules against torch.
 
 
@@ -573,9 +754,11 @@ def test_plateau_bad_base_and_usage():
   with pytest.raises(ValueError, match="min_value"):
     proxopt.reduce_on_plateau(optax.constant_schedule(0.1), min_value=0.01)
   plateau = proxopt.reduce_on_plateau(0.1)
-  # Passed straight to an alias (not through inject_hyperparams): clear error.
-  tx = proxopt.adamprox(plateau, 0.1)
   params = {"w": jnp.ones(2)}
+  # Passed to a plain optax transformation, it is called with a count
+  # instead of its state: clear error. (proxopt's aliases wrap a plateau in
+  # inject_hyperparams themselves.)
+  tx = optax.sgd(plateau)
   with pytest.raises(TypeError, match="inject_hyperparams"):
     tx.update({"w": jnp.ones(2)}, tx.init(params), params)
   # Observing a state that holds no plateau.
