@@ -425,12 +425,16 @@ def test_changing_injected_hyperparams_does_not_recompile(case):
     assert len(traces) == 1 and step._cache_size() == 1, name
     # Same dtype and shape: the changed value is carried, not re-typed ...
     assert s2.hyperparams[name].dtype == value.dtype
-    # ... and it is read: the step differs from the unchanged one, except for
-    # strengths that do not act at this point (a prox inactive there).
+    # ... and it is read: the step differs from the unchanged one (every
+    # injected strength acts at this point, far from the minimum).
     same, _ = step(x1, s1, g)
-    if name == "learning_rate":
-      assert not np.allclose(np.asarray(x2), np.asarray(same), rtol=0,
-                             atol=1e-7), name
+    assert len(traces) == 1
+    assert not np.allclose(np.asarray(x2), np.asarray(same), rtol=0,
+                           atol=1e-6), name
+  # The counter does see a retrace (a different hyper-parameter dtype).
+  retyped = {k: v.astype(jnp.float16) for k, v in injected.items()}
+  step(x1, s1._replace(hyperparams=retyped), g)
+  assert len(traces) == 2 and step._cache_size() == 2
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
