@@ -565,7 +565,9 @@ def reduce_on_plateau(
     the metric is converted to float64 (exactly, for float32 or float64
     inputs) and every improvement, cooldown and reduction decision is
     PyTorch's; the step size ``base(t) * scale`` can differ from PyTorch's
-    repeatedly multiplied ``lr`` in the last bits only. Without x64
+    repeatedly multiplied ``lr`` in the last bits only (given the same
+    ``base(t)``: Optax schedules evaluated at the int32 count return float32
+    even under x64). Without x64
     (float32): the metric is rounded to float32 (to nearest) before it is
     compared, ``best`` is stored in float32, and the comparison, the bound
     (``best * (1 - threshold)``, ``best * (1 + threshold)``,
