@@ -762,9 +762,19 @@ def classic(
         f"{owner}: {name!r} takes only `momentum`; got extra arguments "
         f"{sorted(optax_kwargs)}."
     )
-  if name in ("momentum", "nesterov") and not 0 <= float(momentum) < 1:
+  _checks.check_hyperparam("momentum", momentum, owner)
+  _checks.check_hyperparam("weight_decay", weight_decay, owner)
+  # Concrete values are checked here; injected (traced) ones cannot be.
+  if (name in ("momentum", "nesterov") and _checks.is_concrete_number(momentum)
+      and not 0 <= float(momentum) < 1):
     raise ValueError(f"{owner}: `momentum` must be in [0, 1), got {momentum!r}.")
   _checks.check_nonnegative("weight_decay", weight_decay, owner)
+  # A Python 0 adds no decay link; an array (as inject_hyperparams passes,
+  # concrete at init and traced in update) or a schedule always does, so the
+  # state has one structure whatever value is injected.
+  with_decay = not (
+      isinstance(weight_decay, (int, float)) and float(weight_decay) == 0.0
+  )
   if regularizer is not None and not isinstance(regularizer, Regularizer):
     raise TypeError(
         f"{owner}: `regularizer` must be a proxopt.Regularizer (e.g. "
@@ -773,7 +783,7 @@ def classic(
 
   def build(learning_rate):
     parts = [_classic_base(name, learning_rate, momentum, optax_kwargs)]
-    if weight_decay:
+    if with_decay:
       parts.append(decoupled_weight_decay(weight_decay, learning_rate, mask=mask))
     if regularizer is not None:
       parts.append(proximal(regularizer, learning_rate, mask=mask))

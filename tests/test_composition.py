@@ -130,3 +130,19 @@ def test_plateau_with_the_paper_convention_takes_alpha_from_its_base(x64):
   with pytest.raises(ValueError, match=r"needs `alpha=`"):
     proxopt.adamw(proxopt.reduce_on_plateau(optax.cosine_decay_schedule(0.1, 10)),
                   weight_decay=1e-3, convention="paper")
+
+
+def test_classic_with_injected_weight_decay_and_momentum():
+  def make(learning_rate, weight_decay, momentum):
+    return proxopt.classic("momentum", learning_rate, momentum=momentum,
+                           weight_decay=weight_decay)
+
+  tx = optax.inject_hyperparams(make)(learning_rate=0.1, weight_decay=0.0, momentum=0.9)
+  params = {"w": jnp.array([2.0])}
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  u0, _ = step({"w": jnp.zeros(1)}, state, params)
+  np.testing.assert_array_equal(np.asarray(u0["w"]), 0.0)
+  state.hyperparams["weight_decay"] = jnp.asarray(0.5, jnp.float32)
+  u1, _ = step({"w": jnp.zeros(1)}, state, params)
+  np.testing.assert_allclose(np.asarray(u1["w"]), [-0.1 * 0.5 * 2.0], rtol=1e-6)
