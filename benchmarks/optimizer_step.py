@@ -114,11 +114,11 @@ def numpy_tree(shapes: dict[str, tuple[int, ...]], seed: int):
 # ------------------------------------------------------------------ optimizers
 def make_tx(name: str) -> optax.GradientTransformation:
   if name == "proxopt.adamw":
-    return proxopt.adamw(LR, WD)
+    return proxopt.adamw(LR, weight_decay=WD)
   if name == "proxopt.adamprox":
-    return proxopt.adamprox(LR, WD)
+    return proxopt.adamprox(LR, weight_decay=WD)
   if name == "proxopt.adam_l2":
-    return proxopt.adam_l2(LR, L2)
+    return proxopt.adam_l2(LR, weight_decay=L2)
   if name == "adam+proximal(l1)":
     return optax.chain(optax.adam(LR), proxopt.proximal(proxopt.l1(L1), LR))
   if name in ("optax.adamw", "optax.adamw(A/A control)"):
@@ -128,7 +128,7 @@ def make_tx(name: str) -> optax.GradientTransformation:
     return optax.adamw(LR, weight_decay=WD)
   if name == "adamprox(mu_dtype=bf16)":
     # Not the same numerics: m in bfloat16 (2 B instead of 4 B per param).
-    return proxopt.adamprox(LR, WD, mu_dtype=jnp.bfloat16)
+    return proxopt.adamprox(LR, weight_decay=WD, mu_dtype=jnp.bfloat16)
   if name == "adamprox+track_update_scales":
     from proxopt import track_update_scales
     # The same chain as proxopt.adamprox, with the Adam direction histogrammed.

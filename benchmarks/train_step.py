@@ -52,10 +52,10 @@ LR, WD, L2 = 1e-3, 1e-4, 5e-4
 def _jax_tx(name: str):
   import proxopt
   if name == "adamw":
-    return proxopt.adamw(LR, WD)
+    return proxopt.adamw(LR, weight_decay=WD)
   if name == "adamprox":
-    return proxopt.adamprox(LR, WD)
-  return proxopt.adam_l2(LR, L2)
+    return proxopt.adamprox(LR, weight_decay=WD)
+  return proxopt.adam_l2(LR, weight_decay=L2)
 
 
 def _torch_opt(model, name: str):

@@ -170,11 +170,11 @@ def make_optimizer(name: str, sched, cfg: Config) -> optax.GradientTransformatio
   if name == "adam_eps1e-8":
     return optax.adam(sched, eps=1e-8)
   if name == "adam_l2":
-    return proxopt.adam_l2(sched, cfg.lam, eps=0.0)
+    return proxopt.adam_l2(sched, weight_decay=cfg.lam, eps=0.0)
   if name == "adamw":
-    return proxopt.adamw(sched, cfg.lam, eps=0.0)
+    return proxopt.adamw(sched, weight_decay=cfg.lam, eps=0.0)
   if name == "adamprox":
-    return proxopt.adamprox(sched, cfg.lam, eps=0.0)
+    return proxopt.adamprox(sched, weight_decay=cfg.lam, eps=0.0)
   raise ValueError(f"unknown optimizer {name!r}")
 
 

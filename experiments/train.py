@@ -297,7 +297,7 @@ def build_optimizer(cfg: dict, steps_per_epoch: int):
     if name in ALIASES:
       kw = ({"track_direction": cfg["update_hist"]} if adam_alias
             else {"momentum": cfg["momentum"]})
-      base = getattr(proxopt, name)(learning_rate, wd, **kw)
+      base = getattr(proxopt, name)(learning_rate, weight_decay=wd, **kw)
     else:
       base = proxopt.classic(name, learning_rate, momentum=cfg["momentum"],
                              weight_decay=wd)

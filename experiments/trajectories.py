@@ -125,8 +125,8 @@ def optimizers(
       "adagrad": proxopt.classic("adagrad", lr["adagrad"]),
       "rmsprop": proxopt.classic("rmsprop", lr["rmsprop"]),
       "adam": proxopt.classic("adam", lr["adam"]),
-      "adamw": proxopt.adamw(lr["adam"], WEIGHT_DECAY),
-      "adamprox": proxopt.adamprox(lr["adam"], WEIGHT_DECAY),
+      "adamw": proxopt.adamw(lr["adam"], weight_decay=WEIGHT_DECAY),
+      "adamprox": proxopt.adamprox(lr["adam"], weight_decay=WEIGHT_DECAY),
       "momentum_step_decay": proxopt.classic("momentum", decay),
   }
   step = {
