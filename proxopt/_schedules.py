@@ -120,11 +120,33 @@ def step_decay(
   This is ``optax.exponential_decay(staircase=True)`` with
   ``transition_steps = every_epochs * steps_per_epoch``.
 
+  Args:
+    init_value: the initial step size :math:`s_0 > 0`.
+    factor: the multiplier applied every ``every_epochs`` epochs (PyTorch's
+      ``gamma``), in ``(0, 1]``.
+    every_epochs: the number of epochs between two decays (PyTorch's
+      ``step_size``), a positive int.
+    steps_per_epoch: optimizer steps per epoch (positive int; 1: the unit is
+      the step).
+
+  Returns:
+    An ``optax.Schedule`` (step count -> step size); pass it as
+    ``learning_rate`` to any alias and, for a hand-built chain, as the
+    ``step_size`` of :func:`proxopt.proximal` too.
+
+  Raises:
+    ValueError: on a non-positive ``init_value``, ``every_epochs`` or
+      ``steps_per_epoch``, or a ``factor`` outside ``(0, 1]``.
+
   Example (halve every 2 epochs of 3 steps):
     >>> import proxopt
     >>> s = proxopt.step_decay(0.1, 0.5, every_epochs=2, steps_per_epoch=3)
     >>> [round(float(s(t)), 6) for t in (0, 5, 6, 11, 12)]
     [0.1, 0.1, 0.05, 0.05, 0.025]
+
+  References:
+    Zhuang, Liu, Cutkosky, Orabona, `Understanding AdamW through Proximal
+    Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR 2022.
   """
   owner = "proxopt.step_decay"
   _check_init_value(init_value, owner)
@@ -152,11 +174,30 @@ def multistep_decay(
   twice, as in PyTorch. This is ``optax.piecewise_constant_schedule`` with the
   milestones converted to steps.
 
+  Args:
+    init_value: the initial step size :math:`s_0 > 0`.
+    milestones: epoch indices (non-negative ints) at which the step size is
+      multiplied by ``factor``.
+    factor: the multiplier (PyTorch's ``gamma``), in ``(0, 1]``.
+    steps_per_epoch: optimizer steps per epoch (positive int; 1: the
+      milestones are steps).
+
+  Returns:
+    An ``optax.Schedule`` (step count -> step size).
+
+  Raises:
+    ValueError: on a non-positive ``init_value`` or ``steps_per_epoch``, a
+      negative or non-integer milestone, or a ``factor`` outside ``(0, 1]``.
+
   Example:
     >>> import proxopt
     >>> s = proxopt.multistep_decay(1.0, [2, 4], 0.1, steps_per_epoch=10)
     >>> [round(float(s(t)), 6) for t in (0, 19, 20, 39, 40)]
     [1.0, 1.0, 0.1, 0.1, 0.01]
+
+  References:
+    Zhuang, Liu, Cutkosky, Orabona, `Understanding AdamW through Proximal
+    Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR 2022.
   """
   owner = "proxopt.multistep_decay"
   _check_init_value(init_value, owner)
@@ -190,11 +231,30 @@ def cosine_per_epoch(
   ``end_value``. Built from ``optax.cosine_decay_schedule`` evaluated at the
   epoch index.
 
+  Args:
+    init_value: the initial step size :math:`s_0 > 0`.
+    epochs: the length :math:`K` of the cosine, in epochs (PyTorch's
+      ``T_max``), a positive int.
+    steps_per_epoch: optimizer steps per epoch, a positive int.
+    end_value: the final step size :math:`e \ge 0` (PyTorch's ``eta_min``).
+
+  Returns:
+    An ``optax.Schedule`` (step count -> step size), constant within an
+    epoch.
+
+  Raises:
+    ValueError: on a non-positive ``init_value``, ``epochs`` or
+      ``steps_per_epoch``, or a negative ``end_value``.
+
   Example:
     >>> import proxopt
     >>> s = proxopt.cosine_per_epoch(1.0, epochs=4, steps_per_epoch=10)
     >>> [round(float(s(t)), 4) for t in (0, 9, 10, 20, 30, 40)]
     [1.0, 1.0, 0.8536, 0.5, 0.1464, 0.0]
+
+  References:
+    Zhuang, Liu, Cutkosky, Orabona, `Understanding AdamW through Proximal
+    Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR 2022.
   """
   owner = "proxopt.cosine_per_epoch"
   _check_init_value(init_value, owner)
@@ -224,13 +284,40 @@ def warmup_cosine(
   ``optax.warmup_cosine_decay_schedule(init_value, peak_value, warmup_steps,
   decay_steps=total_steps, end_value)`` with argument checks:
   ``total_steps`` counts the warm-up, so the cosine spans
-  ``total_steps - warmup_steps`` steps and ends at ``end_value``.
+  ``total_steps - warmup_steps`` steps and ends at ``end_value``:
+
+  .. math::
+     s_t = \begin{cases}
+       s_{\text{init}} + (s_{\text{peak}} - s_{\text{init}})\, t / W, & t < W, \\
+       e + (s_{\text{peak}} - e)\,\tfrac12\bigl(1 + \cos(\pi \tfrac{t - W}{T - W})\bigr), & W \le t \le T,
+     \end{cases}
+
+  with :math:`W` = ``warmup_steps`` and :math:`T` = ``total_steps``.
+
+  Args:
+    peak_value: the step size at the end of the warm-up, :math:`\ge 0`.
+    warmup_steps: the length :math:`W` of the linear warm-up, in steps
+      (non-negative int; 0: no warm-up).
+    total_steps: the total length :math:`T` in steps, warm-up included; must
+      exceed ``warmup_steps``.
+    init_value: the step size at step 0, :math:`\ge 0`.
+    end_value: the step size from step ``total_steps`` on, :math:`\ge 0`.
+
+  Returns:
+    An ``optax.Schedule`` (step count -> step size).
+
+  Raises:
+    ValueError: on negative values or ``total_steps <= warmup_steps``.
 
   Example:
     >>> import proxopt
     >>> s = proxopt.warmup_cosine(1.0, warmup_steps=10, total_steps=110)
     >>> [round(float(s(t)), 4) for t in (0, 5, 10, 60, 110)]
     [0.0, 0.5, 1.0, 0.5, 0.0]
+
+  References:
+    Zhuang, Liu, Cutkosky, Orabona, `Understanding AdamW through Proximal
+    Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR 2022.
   """
   owner = "proxopt.warmup_cosine"
   _checks.check_nonnegative("peak_value", peak_value, owner)
@@ -742,6 +829,36 @@ def classic(
   ``optax.inject_hyperparams`` so that one ``s_t`` drives all three; feed the
   metric with ``plateau.observe(opt_state, metric)``).
 
+  With :math:`u_t` the base update at step size :math:`s_t`, :math:`\mathrm{wd}`
+  = ``weight_decay`` and :math:`R` the regularizer, one step is
+
+  .. math::
+     x_t = \operatorname{prox}_{s_t R}\bigl(x_{t-1} + u_t - s_t\,\mathrm{wd}\,x_{t-1}\bigr).
+
+  Args:
+    name: the base optimizer, one of :data:`CLASSIC_OPTIMIZERS` (``"sgd"``,
+      ``"momentum"``, ``"nesterov"``, ``"adagrad"``, ``"rmsprop"``,
+      ``"adam"``).
+    learning_rate: the step size :math:`s_t`: a float, an Optax schedule or a
+      :func:`reduce_on_plateau`.
+    momentum: the momentum of ``"momentum"`` and ``"nesterov"`` (ignored by
+      the others).
+    weight_decay: the decoupled decay coefficient (Optax/PyTorch
+      convention), :math:`\ge 0`; 0 adds no decay.
+    regularizer: a :class:`Regularizer` whose prox follows the step, or
+      ``None``.
+    mask: a pytree of bools or a callable ``params -> pytree of bools``
+      selecting the leaves the decay and the prox apply to (``None``: all).
+    **optax_kwargs: passed to the Optax constructor of ``adagrad``,
+      ``rmsprop`` or ``adam`` (e.g. ``eps=0.0``).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs
+    ``params``.
+
+  Raises:
+    ValueError: on an unknown ``name`` or invalid hyper-parameters.
+
   Example (proximal Nesterov with L1 under step decay):
     >>> import jax.numpy as jnp, optax, proxopt
     >>> sched = proxopt.step_decay(0.1, 0.5, every_epochs=30, steps_per_epoch=100)
@@ -750,6 +867,10 @@ def classic(
     >>> updates, state = tx.update({"w": jnp.zeros(2)}, tx.init(params), params)
     >>> optax.apply_updates(params, updates)["w"]
     Array([0. , 1.9], dtype=float32)
+
+  References:
+    Zhuang, Liu, Cutkosky, Orabona, `Understanding AdamW through Proximal
+    Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR 2022.
   """
   owner = "proxopt.classic"
   if name not in CLASSIC_OPTIMIZERS:
