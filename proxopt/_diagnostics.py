@@ -65,6 +65,18 @@ class UpdateScaleState(NamedTuple):
 
   All count fields are pytrees like the updates, with int32 leaves; counts
   saturate at 2**31 - 1 instead of wrapping (reset them, e.g. per epoch).
+
+  Attributes:
+    inner_state: the wrapped transformation's state.
+    counts: per leaf, a ``(bins,)`` int32 array: coordinates with
+      ``log2|u|`` in each bin.
+    underflow: per leaf, coordinates with ``0 < |u| < 2**low``.
+    overflow: per leaf, coordinates with ``2**high < |u| < inf``.
+    zeros: per leaf, coordinates with ``u == 0``.
+    nonfinite: per leaf, NaN or infinite updates.
+    steps: number of updates histogrammed (int32).
+    calls: number of ``update`` calls (drives ``every``).
+    edges: ``(bins + 1,)`` float32 bin edges in log2 units.
   """
 
   inner_state: Any
@@ -149,14 +161,23 @@ def track_update_scales(
   (pure JAX, jit/pmap friendly, no host callbacks); it costs an ``abs``, a
   ``log2`` and a ``bincount`` over every update coordinate (see
   ``benchmarks/`` for the measured overhead; ``every=k`` divides it by k).
+  With :math:`u = \text{inner}(g)` and edges :math:`e_0 < \dots < e_B`
+  (:math:`e_0` = ``low``, :math:`e_B` = ``high``), bin :math:`k` counts
+
+  .. math::
+     \#\{\, i : e_k \le \log_2 |u_i| < e_{k+1} \,\}
+
+  (the last bin closed), accumulated over steps.
 
   Args:
     inner: any Optax transformation (``optax.scale_by_adam()``, a whole
       optimizer, your own); extra ``update`` arguments are passed through.
     bins: number of bins between ``low`` and ``high`` (default 160: a quarter
       octave each).
-    low, high: histogram range in log2 units (octaves): ``|u|`` from
-      ``2**low`` to ``2**high``.
+    low: lower end of the histogram range in log2 units (octaves): ``|u|``
+      from ``2**low``; smaller non-zero values count as underflow.
+    high: upper end of the range: ``|u|`` up to ``2**high``; larger finite
+      values count as overflow.
     every: histogram only every ``every``-th call to ``update`` (the first
       call included), via ``lax.cond``.
 
@@ -179,6 +200,11 @@ def track_update_scales(
     (4, 0.25)
     >>> s.pooled.within_one_octave
     1.0
+
+  References:
+    Zhuang, Liu, Cutkosky, Orabona, `Understanding AdamW through Proximal
+    Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR 2022
+    (the histograms of the Adam direction, Figure 3).
   """
   _check_bins(bins, low, high)
   if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
@@ -260,7 +286,33 @@ def reset_update_scales(opt_state: Any) -> Any:
 
   Works on any state containing :class:`UpdateScaleState` (chains, masked or
   injected states, ``nnx.Optimizer.opt_state``); jit-compatible. The inner
-  optimizer's state is kept.
+  optimizer's state is kept: ``counts, underflow, overflow, zeros, nonfinite,
+  steps <- 0``.
+
+  Args:
+    opt_state: an optimizer state containing one or more
+      :class:`UpdateScaleState`.
+
+  Returns:
+    The same state with the histograms zeroed (a new pytree; nothing is
+    modified in place).
+
+  Example:
+    >>> import jax.numpy as jnp, optax, proxopt
+    >>> tx = proxopt.track_update_scales(optax.scale_by_adam())
+    >>> params = {"w": jnp.ones(4)}
+    >>> updates, state = tx.update({"w": jnp.array([1e-4, 1e-2, 1.0, 0.0])},
+    ...                            tx.init(params), params)
+    >>> proxopt.update_scale_histogram(state)["steps"]
+    1
+    >>> state = proxopt.reset_update_scales(state)   # e.g. every epoch
+    >>> proxopt.update_scale_histogram(state)["steps"]
+    0
+
+  References:
+    Zhuang, Liu, Cutkosky, Orabona, `Understanding AdamW through Proximal
+    Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR 2022
+    (the histograms of the Adam direction, Figure 3).
   """
 
   def reset(x):
@@ -279,12 +331,31 @@ def reset_update_scales(opt_state: Any) -> Any:
 def update_scale_histogram(opt_state: Any) -> dict[str, Any]:
   """Extracts the histograms as NumPy arrays (host side), e.g. for logging.
 
+  Args:
+    opt_state: an optimizer state containing one or more
+      :class:`UpdateScaleState` (from :func:`track_update_scales`).
+
   Returns:
     ``{"edges": (bins+1,) float32 log2 edges, "steps": int, "leaves":
     {path: {"counts", "underflow", "overflow", "zeros", "nonfinite"}}}``.
     Paths are ``jax.tree_util.keystr`` of the leaf (``"<root>"`` when the
     updates are a single array). With several wrapped transformations in one
     state, paths are prefixed by ``"tracker{i}"``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, proxopt
+    >>> tx = proxopt.track_update_scales(optax.scale_by_adam())
+    >>> params = {"w": jnp.ones(4)}
+    >>> updates, state = tx.update({"w": jnp.array([1e-4, 1e-2, 1.0, 0.0])},
+    ...                            tx.init(params), params)
+    >>> h = proxopt.update_scale_histogram(state)
+    >>> h["steps"], h["edges"].shape, int(h["leaves"]["['w']"]["counts"].sum())
+    (1, (161,), 3)
+
+  References:
+    Zhuang, Liu, Cutkosky, Orabona, `Understanding AdamW through Proximal
+    Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR 2022
+    (the histograms of the Adam direction, Figure 3).
   """
   trackers = _find_trackers(opt_state)
   leaves: dict[str, dict[str, Any]] = {}
@@ -340,7 +411,17 @@ class ScaleSpread:
 
 @dataclasses.dataclass(frozen=True)
 class UpdateScaleSummary:
-  """Per-leaf and pooled :class:`ScaleSpread`; ``to_dict()`` is JSON-ready."""
+  """Per-leaf and pooled :class:`ScaleSpread`; ``to_dict()`` is JSON-ready.
+
+  Returned by :func:`update_scale_summary`.
+
+  Attributes:
+    per_leaf: ``{path: ScaleSpread}``, paths as in
+      :func:`update_scale_histogram`.
+    pooled: the spread of all leaves' counts merged.
+    steps: number of updates histogrammed.
+    quantiles: the (low, high) quantiles used for ``iqr_octaves``.
+  """
 
   per_leaf: dict[str, ScaleSpread]
   pooled: ScaleSpread
@@ -392,7 +473,43 @@ def summarize_histogram(
     nonfinite: int = 0,
     quantiles: Sequence[float] = (0.25, 0.75),
 ) -> ScaleSpread:
-  """:class:`ScaleSpread` of one histogram of log2|u| (NumPy, host side)."""
+  r"""Spread of one histogram of ``log2|u|`` (NumPy, host side).
+
+  Quantiles :math:`Q(q)` of ``log2|u|`` over the ``n`` non-zero finite values
+  are read off the cumulative counts by linear interpolation inside a bin;
+  ``iqr_octaves`` = :math:`Q(q_{hi}) - Q(q_{lo})` and ``within_one_octave`` =
+  :math:`(F(m + 1) - F(m - 1)) / n` with :math:`m = Q(1/2)` and :math:`F` the
+  interpolated cumulative count.
+
+  Args:
+    counts: ``(bins,)`` counts per bin.
+    edges: ``(bins + 1,)`` increasing bin edges in log2 units.
+    underflow: non-zero values below ``edges[0]``.
+    overflow: finite values above ``edges[-1]``.
+    zeros: exact zeros (counted in ``total`` only).
+    nonfinite: NaN/inf values (reported, otherwise excluded).
+    quantiles: ``(low, high)`` with ``0 <= low < high <= 1``.
+
+  Returns:
+    A :class:`ScaleSpread` (NaN statistics when nothing non-zero was
+    counted).
+
+  Raises:
+    ValueError: on mismatched shapes or invalid quantiles.
+
+  Example:
+    >>> import numpy as np, proxopt
+    >>> edges = np.arange(-4.0, 5.0)            # 8 bins of one octave
+    >>> counts = np.array([0, 0, 0, 5, 5, 0, 0, 0])
+    >>> s = proxopt.summarize_histogram(counts, edges, zeros=2)
+    >>> s.total, s.median_log2, s.iqr_octaves, s.zero_fraction
+    (12, 0.0, 1.0, 0.16666666666666666)
+
+  References:
+    Zhuang, Liu, Cutkosky, Orabona, `Understanding AdamW through Proximal
+    Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR 2022
+    (the histograms of the Adam direction, Figure 3).
+  """
   counts = np.asarray(counts, np.float64)
   edges = np.asarray(edges, np.float64)
   if counts.ndim != 1 or edges.shape != (counts.size + 1,):
@@ -444,6 +561,23 @@ def update_scale_summary(
 
   Returns:
     An :class:`UpdateScaleSummary`; ``.pooled`` merges every leaf's counts.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, proxopt
+    >>> tx = proxopt.track_update_scales(optax.scale_by_adam())
+    >>> params = {"w": jnp.ones(4)}
+    >>> updates, state = tx.update({"w": jnp.array([1e-4, 1e-2, 1.0, 0.0])},
+    ...                            tx.init(params), params)
+    >>> summary = proxopt.update_scale_summary(state)
+    >>> summary.pooled.total, summary.pooled.within_one_octave
+    (4, 1.0)
+    >>> sorted(summary.to_dict())
+    ['per_leaf', 'pooled', 'quantiles', 'steps']
+
+  References:
+    Zhuang, Liu, Cutkosky, Orabona, `Understanding AdamW through Proximal
+    Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR 2022
+    (the histograms of the Adam direction, Figure 3).
   """
   hist = update_scale_histogram(opt_state)
   edges = hist["edges"]
