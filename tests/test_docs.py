@@ -13,6 +13,7 @@ import os
 import re
 
 import proxopt
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs")
@@ -101,3 +102,41 @@ def test_benchmark_tables_are_generated_from_the_json(tmp_path):
     assert f"{{include}} _generated/{n}" in bench
     assert "| ---" in open(tmp_path / n).read() or "|---" in open(
         tmp_path / n).read()
+
+
+def _public_functions():
+  import inspect
+  objs = [(n, getattr(proxopt, n)) for n in proxopt.__all__]
+  objs += [(f"testing.{n}", getattr(proxopt.testing, n))
+           for n in proxopt.testing.__all__]
+  return [(n, o) for n, o in objs if inspect.isfunction(o)]
+
+
+# Docstrings still to complete (proxopt/testing.py is not owned by the docs);
+# xfail(strict=False) so that completing them turns these into passes.
+_DOCSTRING_GAPS = {"testing.assert_scale_free", "testing.assert_not_scale_free",
+                   "testing.default_rtol"}
+
+
+@pytest.mark.parametrize(
+    "name,fn",
+    [pytest.param(n, f, marks=pytest.mark.xfail(
+        reason="docstring incomplete", strict=False))
+     if n in _DOCSTRING_GAPS else (n, f) for n, f in _public_functions()],
+    ids=[n for n, _ in _public_functions()])
+def test_public_function_docstring_is_optax_grade(name, fn):
+  import inspect
+  doc = inspect.getdoc(fn) or ""
+  lines = doc.splitlines()
+  assert lines and lines[0].strip(), f"{name}: no one-line summary"
+  params = [p for p in inspect.signature(fn).parameters.values()
+            if p.kind not in (p.VAR_POSITIONAL,)]
+  if params:
+    assert "Args:" in doc, f"{name}: no Args section"
+    args = doc.split("Args:", 1)[1]
+    for p in params:
+      label = f"**{p.name}" if p.kind == p.VAR_KEYWORD else p.name
+      assert re.search(rf"^\s+{re.escape(label)}:", args, re.M), (
+          f"{name}: parameter {p.name!r} not documented under Args")
+  assert "Returns:" in doc or "Raises:" in doc, f"{name}: no Returns section"
+  assert ">>>" in doc, f"{name}: no runnable example"

@@ -2,7 +2,10 @@
 
 - `.ci/run` must run exactly the test command the README gives (CI runs the README's command, not another one).
 - Every ```python block of the README runs: the blocks of one section in order, in one fresh interpreter (later
-  blocks may use names defined by earlier ones, as a reader would).
+  blocks may use names defined by earlier ones, as a reader would), and every block on its own too (a reader copies
+  one block: it must carry its own imports).
+- The README is a library's front page: at most about 10 KB, with a Flax NNX quickstart that masks the decay, and
+  links that point at files of the repository.
 """
 
 from __future__ import annotations
@@ -62,7 +65,8 @@ SECTIONS = _sections_with_python()
 
 
 def test_readme_has_runnable_examples():
-  assert len(SECTIONS) >= 4, [t for t, _ in SECTIONS]
+  assert len(SECTIONS) >= 1, [t for t, _ in SECTIONS]
+  assert len(re.findall(r"```python\n", README)) >= 3
 
 
 @pytest.mark.parametrize("title,script", SECTIONS, ids=[t[:30] for t, _ in SECTIONS])
@@ -74,3 +78,47 @@ def test_readme_python_blocks_run(title, script):
       timeout=600,
   )
   assert proc.returncode == 0, f"section {title!r} failed:\n{proc.stderr[-4000:]}"
+
+
+def _python_blocks() -> list[tuple[str, str]]:
+  blocks = []
+  for section in README.split("\n## ")[1:]:
+    for sub in re.split(r"\n### ", section):
+      title = sub.splitlines()[0]
+      for i, b in enumerate(re.findall(r"```python\n(.*?)```", sub, flags=re.S)):
+        blocks.append((f"{title} [{i}]", b))
+  return blocks
+
+
+BLOCKS = _python_blocks()
+
+
+@pytest.mark.parametrize("title,block", BLOCKS, ids=[t[:30] for t, _ in BLOCKS])
+def test_readme_python_block_runs_alone(title, block):
+  if any(script == block for _, script in SECTIONS):
+    pytest.skip("its section is this block alone: test_readme_python_blocks_run runs it")
+  proc = subprocess.run(
+      [sys.executable, "-c", block], cwd=ROOT, capture_output=True, text=True,
+      timeout=600,
+  )
+  assert proc.returncode == 0, f"block {title!r} fails on its own:\n{proc.stderr[-4000:]}"
+
+
+def test_readme_is_a_front_page():
+  assert len(README.encode()) <= 10_500, len(README.encode())
+  nnx = [b for t, b in BLOCKS if "nnx" in b]
+  assert any("nnx.Optimizer" in b and "mask=" in b and "ndim > 1" in b for b in nnx), (
+      "the README needs a Flax NNX quickstart with a mask excluding biases and norm scales")
+
+
+def test_readme_links_point_at_files():
+  for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", README):
+    if target.startswith(("http://", "https://")):
+      continue
+    assert (ROOT / target).exists(), target
+
+
+def test_readme_tells_how_to_build_the_docs():
+  assert "python -m sphinx -W --keep-going -b html docs docs/_build/html" in README
+  ci = (ROOT / ".ci" / "run").read_text()
+  assert "python -m sphinx -W --keep-going -b html docs docs/_build/html" in ci
