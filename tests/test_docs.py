@@ -140,3 +140,24 @@ def test_public_function_docstring_is_optax_grade(name, fn):
           f"{name}: parameter {p.name!r} not documented under Args")
   assert "Returns:" in doc or "Raises:" in doc, f"{name}: no Returns section"
   assert ">>>" in doc, f"{name}: no runnable example"
+
+
+# The guides' code must run as printed: each page's ```python blocks, joined in
+# order, in a fresh interpreter (pages owned by the experiments docs are
+# checked there).
+_GUIDES_RUN_ELSEWHERE = {"experiments.md", "cpu_training.md"}
+_GUIDES = sorted(f for f in os.listdir(os.path.join(DOCS, "guides"))
+                 if f.endswith(".md") and f not in _GUIDES_RUN_ELSEWHERE)
+
+
+@pytest.mark.parametrize("page", _GUIDES)
+def test_guide_code_runs(page):
+  import subprocess
+  import sys
+  text = open(os.path.join(DOCS, "guides", page)).read()
+  blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+  if not blocks:
+    pytest.skip("no Python code on this page")
+  proc = subprocess.run([sys.executable, "-c", "\n\n".join(blocks)], cwd=ROOT,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, f"{page}:\n{proc.stderr[-4000:]}"

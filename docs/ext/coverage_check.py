@@ -12,10 +12,6 @@ from __future__ import annotations
 import os
 import re
 
-from sphinx.util import logging
-
-logger = logging.getLogger(__name__)
-
 API_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "api")
 
 _DIRECTIVE = re.compile(
@@ -53,8 +49,13 @@ def documented_names(api_dir: str = API_DIR) -> dict[str, str]:
 
 
 def _check(app, env):
+  # Sphinx is imported here only: tests/test_docs.py loads this module
+  # without Sphinx installed (the docs extra is not part of the test extra).
+  from sphinx.util import logging
+
   import proxopt
 
+  logger = logging.getLogger(__name__)
   objects = env.get_domain("py").objects
   missing = [n for n in proxopt.__all__
              if f"proxopt.{n}" not in objects and n != "__version__"]
