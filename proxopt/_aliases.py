@@ -415,6 +415,10 @@ def sgd_l2(
     >>> updates, state = tx.update({"w": jnp.ones(2)}, tx.init(params), params)
     >>> round(float(updates["w"][0]), 6)  # -0.1 * (1 + 1e-4)
     -0.10001
+
+  References:
+    Zhuang, Liu, Cutkosky, Orabona, TMLR 2022 (arXiv 2202.00089), for the
+    L2 vs decoupled comparison; Loshchilov and Hutter, ICLR 2019.
   """
   owner = "proxopt.sgd_l2"
   decoupled_weight_decay_coefficient(weight_decay, 1.0, convention, alpha, owner)

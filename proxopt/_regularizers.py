@@ -511,6 +511,9 @@ def box(lower: float | Array, upper: float | Array) -> Regularizer:
     >>> import jax.numpy as jnp, proxopt
     >>> proxopt.box(-1.0, 1.0).prox(jnp.array([-2.0, 0.5, 3.0]), 1.0)
     Array([-1. ,  0.5,  1. ], dtype=float32)
+
+  References:
+    Parikh and Boyd, "Proximal Algorithms", Found. Trends Optim. 2014.
   """
   return _box(lower, upper, f"box({lower}, {upper})", "proxopt.box")
 
@@ -582,6 +585,9 @@ def nonnegative() -> Regularizer:
     >>> import jax.numpy as jnp, proxopt
     >>> proxopt.nonnegative().prox(jnp.array([-2.0, 3.0]), 1.0)
     Array([0., 3.], dtype=float32)
+
+  References:
+    Parikh and Boyd, "Proximal Algorithms", Found. Trends Optim. 2014.
   """
   return _box(0.0, np.inf, "nonnegative()", "proxopt.nonnegative")
 
@@ -653,6 +659,9 @@ def regularizer_value(
     >>> import jax.numpy as jnp, proxopt
     >>> proxopt.regularizer_value(proxopt.l1(0.5), {"w": jnp.array([1.0, -3.0])})
     Array(2., dtype=float32)
+
+  References:
+    Parikh and Boyd, "Proximal Algorithms", Found. Trends Optim. 2014.
   """
   owner = "proxopt.regularizer_value"
   check_regularizer(regularizer, owner)
@@ -693,6 +702,9 @@ def apply_prox(
     >>> import jax.numpy as jnp, proxopt
     >>> proxopt.apply_prox(proxopt.l1(1.0), {"w": jnp.array([0.5, 2.0])}, 1.0)
     {'w': Array([0., 1.], dtype=float32)}
+
+  References:
+    Parikh and Boyd, "Proximal Algorithms", Found. Trends Optim. 2014.
   """
   owner = "proxopt.apply_prox"
   check_regularizer(regularizer, owner)

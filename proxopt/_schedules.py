@@ -718,6 +718,11 @@ def reduce_on_plateau(
     >>> new = optax.apply_updates(params, updates)  # prox at s = 0.05
     >>> round(float(new["w"][0]), 6), round(1 / 1.05, 6)
     (0.952381, 0.952381)
+
+  References:
+    PyTorch's ``torch.optim.lr_scheduler.ReduceLROnPlateau`` (the rule and the
+    defaults); Zhuang et al., TMLR 2022, on why the decay and the prox must
+    read the reduced step size.
   """
   owner = "proxopt.reduce_on_plateau"
   if mode not in MODES:

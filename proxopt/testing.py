@@ -61,7 +61,29 @@ _EXACT_NOTE = (
 
 
 def default_rtol(dtype: Any) -> float:
-  """Default tolerance on the relative change: 1e-9 (float64), 1e-4 otherwise."""
+  """Default tolerance on the relative change: 1e-9 (float64), 1e-4 otherwise.
+
+  In float64 the two runs of :func:`scale_free_report` differ only by
+  rounding, far below 1e-9; in float32 rounding differences grow along the
+  trajectory, so the tolerance is looser.
+
+  Args:
+    dtype: the dtype the runs use (``jnp.float64`` when ``jax_enable_x64`` is
+      on, else the parameters' dtype).
+
+  Returns:
+    The tolerance on the maximum relative change, a float.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from proxopt import testing
+    >>> testing.default_rtol(jnp.float64), testing.default_rtol(jnp.float32)
+    (1e-09, 0.0001)
+
+  References:
+    Zhuang, Liu, Cutkosky, Orabona, "Understanding AdamW through Proximal
+    Methods and Scale-Freeness", TMLR 2022 (arXiv 2202.00089).
+  """
   return 1e-9 if jnp.dtype(dtype) == jnp.float64 else 1e-4
 
 
@@ -339,6 +361,10 @@ def scale_free_report(
     >>> testing.scale_free_report(optax.sgd(0.1), params, grad_fn, steps=20,
     ...                           scales=scales).verdict
     'not scale-free'
+
+  References:
+    Zhuang, Liu, Cutkosky, Orabona, "Understanding AdamW through Proximal
+    Methods and Scale-Freeness", TMLR 2022 (arXiv 2202.00089).
   """
   owner = "proxopt.testing.scale_free_report"
   kind = _check_inputs(optimizer, params, grad_fn, steps, scales, owner)
@@ -406,9 +432,28 @@ def assert_scale_free(
 ) -> ScaleFreeReport:
   """Asserts that rescaling gradients by ``scales`` leaves the iterates alone.
 
-  Same arguments as :func:`scale_free_report`; raises ``AssertionError`` when
-  the maximum relative change exceeds ``rtol`` (default 1e-9 in float64,
-  1e-4 in float32) or a run is non-finite. Returns the report otherwise.
+  The pass/fail form of :func:`scale_free_report`, for test suites:
+
+  .. math::  \max_t \|y_t - x_t\|_2 / \max_t \|x_t - x_0\|_2 \le \mathrm{rtol}.
+
+  Args:
+    optimizer: any ``optax.GradientTransformation``.
+    params: the starting point (a pytree of float arrays).
+    grad_fn: ``params -> grads``, traceable by ``jax.jit``.
+    steps: number of optimizer steps (an int >= 1).
+    scales: a finite positive scalar (loss multiplier) or a pytree like
+      ``params`` of finite positive factors (per-coordinate rescaling).
+    rtol: tolerance on the maximum relative change (default
+      :func:`default_rtol`).
+    rescaled_optimizer: the optimizer of the rescaled run (default: the same
+      ``optimizer``).
+
+  Returns:
+    The :class:`ScaleFreeReport`, when the assertion holds.
+
+  Raises:
+    AssertionError: when the maximum relative change exceeds ``rtol`` (default
+      1e-9 in float64, 1e-4 in float32) or the reference run is non-finite.
 
   Example:
     >>> import jax, jax.numpy as jnp, proxopt
@@ -416,6 +461,10 @@ def assert_scale_free(
     >>> grad_fn = jax.grad(lambda p: jnp.sum(jnp.cosh(p - 1.0)))
     >>> _ = testing.assert_scale_free(proxopt.adamw(0.1, weight_decay=0.5, eps=0.0),
     ...     jnp.zeros(3), grad_fn, steps=10, scales=jnp.array([1e-3, 1.0, 1e3]))
+
+  References:
+    Zhuang, Liu, Cutkosky, Orabona, "Understanding AdamW through Proximal
+    Methods and Scale-Freeness", TMLR 2022 (arXiv 2202.00089).
   """
   report = scale_free_report(
       optimizer, params, grad_fn, steps=steps, scales=scales, rtol=rtol,
@@ -444,10 +493,28 @@ def assert_not_scale_free(
 ) -> ScaleFreeReport:
   """Asserts that rescaling gradients changes the iterates by more than ``rtol``.
 
-  Same arguments as :func:`scale_free_report`. Raises ``AssertionError`` when
-  the change is ``<= rtol`` or the reference run is non-finite (then nothing
-  can be concluded; a rescaled run that diverges counts as a change). Note that ``eps > 0`` makes an optimizer fail to be exactly
-  scale-free, so e.g. ``optax.adam`` (eps=1e-8) passes this check in float64.
+  The negation of :func:`assert_scale_free` (a rescaled run that diverges
+  counts as a change). Note that ``eps > 0`` makes an optimizer fail to be
+  exactly scale-free, so e.g. ``optax.adam`` (eps=1e-8) passes this check in
+  float64.
+
+  Args:
+    optimizer: any ``optax.GradientTransformation``.
+    params: the starting point (a pytree of float arrays).
+    grad_fn: ``params -> grads``, traceable by ``jax.jit``.
+    steps: number of optimizer steps (an int >= 1).
+    scales: a finite positive scalar (loss multiplier) or a pytree like
+      ``params`` of finite positive factors (per-coordinate rescaling).
+    rtol: the change must exceed this (default :func:`default_rtol`).
+    rescaled_optimizer: the optimizer of the rescaled run (default: the same
+      ``optimizer``).
+
+  Returns:
+    The :class:`ScaleFreeReport`, when the assertion holds.
+
+  Raises:
+    AssertionError: when the change is ``<= rtol`` or the reference run is
+      non-finite (then nothing can be concluded).
 
   Example:
     >>> import jax, jax.numpy as jnp, proxopt
@@ -455,6 +522,10 @@ def assert_not_scale_free(
     >>> grad_fn = jax.grad(lambda p: jnp.sum(jnp.cosh(p - 1.0)))
     >>> _ = testing.assert_not_scale_free(proxopt.adam_l2(0.1, weight_decay=0.5, eps=0.0),
     ...     jnp.zeros(3), grad_fn, steps=10, scales=jnp.array([1e-3, 1.0, 1e3]))
+
+  References:
+    Zhuang, Liu, Cutkosky, Orabona, "Understanding AdamW through Proximal
+    Methods and Scale-Freeness", TMLR 2022 (arXiv 2202.00089).
   """
   report = scale_free_report(
       optimizer, params, grad_fn, steps=steps, scales=scales, rtol=rtol,

@@ -112,18 +112,8 @@ def _public_functions():
   return [(n, o) for n, o in objs if inspect.isfunction(o)]
 
 
-# Docstrings still to complete (proxopt/testing.py is not owned by the docs);
-# xfail(strict=False) so that completing them turns these into passes.
-_DOCSTRING_GAPS = {"testing.assert_scale_free", "testing.assert_not_scale_free",
-                   "testing.default_rtol"}
-
-
-@pytest.mark.parametrize(
-    "name,fn",
-    [pytest.param(n, f, marks=pytest.mark.xfail(
-        reason="docstring incomplete", strict=False))
-     if n in _DOCSTRING_GAPS else (n, f) for n, f in _public_functions()],
-    ids=[n for n, _ in _public_functions()])
+@pytest.mark.parametrize("name,fn", _public_functions(),
+                         ids=[n for n, _ in _public_functions()])
 def test_public_function_docstring_is_optax_grade(name, fn):
   import inspect
   doc = inspect.getdoc(fn) or ""
@@ -140,6 +130,7 @@ def test_public_function_docstring_is_optax_grade(name, fn):
           f"{name}: parameter {p.name!r} not documented under Args")
   assert "Returns:" in doc or "Raises:" in doc, f"{name}: no Returns section"
   assert ">>>" in doc, f"{name}: no runnable example"
+  assert "References:" in doc, f"{name}: no References section"
 
 
 # The guides' code must run as printed: each page's ```python blocks, joined in
