@@ -66,6 +66,7 @@ TIME_KEYS = ("epoch_seconds", "wall_seconds", "images_per_sec")
 
 DEFAULTS: dict[str, Any] = dict(
     dataset="sample", data_dir=None, model="resnet20", use_bn=True,
+    zero_init_residual=False,
     optimizer="adamw", lr=1e-3, weight_decay=0.0, convention="optax",
     momentum=0.9, schedule="constant", epochs=10, batch_size=128,
     train_subset=None, test_subset=None, val_size=0, loss_multiplier=1.0,
@@ -115,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
   a("--model", help=f"one of {', '.join(MODELS)} (default resnet20)")
   a("--no-bn", dest="use_bn", action="store_false", help="remove BatchNorm layers")
   a("--bn", dest="use_bn", action="store_true", help="keep BatchNorm (default)")
+  a("--zero-init-residual", dest="zero_init_residual", action="store_true",
+    help="ResNets: zero the last conv of every residual branch (trains deep no-BN "
+    "nets in short runs; not the paper's init)")
   a("--optimizer", help=f"one of {', '.join(OPTIMIZERS)} (default adamw)")
   a("--lr", type=float, help="base learning rate alpha (default 1e-3)")
   a("--weight-decay", dest="weight_decay", type=float,
@@ -480,7 +484,8 @@ def run(cfg: dict, log=print) -> dict:
         f"--batch-size {bs} exceeds the {len(ds.train)} training images; lower it.")
 
   model = make_model(cfg["model"], num_classes=ds.num_classes,
-                     use_bn=cfg["use_bn"], seed=cfg["init_seed"])
+                     use_bn=cfg["use_bn"], seed=cfg["init_seed"],
+                     zero_init_residual=cfg["zero_init_residual"])
   tx, plateau, learning_rate = build_optimizer(cfg, spe)
   mesh = _device_mesh()
   data_sharding = NamedSharding(mesh, P("data")) if mesh is not None else None

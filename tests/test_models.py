@@ -125,3 +125,28 @@ def test_unknown_model_lists_choices():
 def test_model_names():
   assert MODELS == ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
                     "resnet218", "densenet_bc100")
+
+
+def test_zero_init_residual_blocks_start_as_identity_and_keep_other_draws():
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from experiments.models import make_model
+
+  plain = make_model("resnet20", use_bn=False, seed=3)
+  zero = make_model("resnet20", use_bn=False, seed=3, zero_init_residual=True)
+  for bp, bz in zip(plain.blocks, zero.blocks):
+    assert float(jnp.abs(bz.conv2.kernel.value).max()) == 0.0
+    assert float(jnp.abs(bp.conv2.kernel.value).max()) > 0.0
+    # every other weight is the same draw
+    assert bool(jnp.array_equal(bp.conv1.kernel.value, bz.conv1.kernel.value))
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 16))
+  block = zero.blocks[0]  # stride 1, 16 -> 16 channels: relu(0 + x)
+  assert bool(jnp.array_equal(block(x), jax.nn.relu(x)))
+  # the logits no longer blow up with depth
+  deep = make_model("resnet56", use_bn=False, seed=0, zero_init_residual=True)
+  logits = deep(jax.random.normal(jax.random.key(1), (4, 32, 32, 3)))
+  assert float(jnp.abs(logits).max()) < 100.0
+  with pytest.raises(ValueError, match="zero_init_residual applies to the ResNets"):
+    make_model("densenet_bc100", zero_init_residual=True)
+  del nnx

@@ -301,3 +301,12 @@ def test_weight_decay_conventions():
   assert train.optax_weight_decay(dict(base, optimizer="adamprox")) == pytest.approx(0.2)
   assert train.optax_weight_decay(dict(base, optimizer="adam_l2")) == 1e-4
   assert train.optax_weight_decay(dict(base, optimizer="adamw", convention="optax")) == 1e-4
+
+
+def test_zero_init_residual_flag_reaches_the_config():
+  from experiments import train as train_mod
+  parse = lambda argv: train_mod.resolve_config(vars(train_mod.build_parser().parse_args(argv)))
+  assert parse(["--model", "resnet56", "--no-bn"])["zero_init_residual"] is False
+  assert parse(["--model", "resnet56", "--no-bn", "--zero-init-residual"])["zero_init_residual"] is True
+  # a recipe keeps the paper's init unless asked
+  assert parse(["--recipe", "resnet56-nobn-adamw"])["zero_init_residual"] is False

@@ -11,9 +11,13 @@ MODELS = tuple(f"resnet{d}" for d in RESNET_DEPTHS) + ("densenet_bc100",)
 
 
 def make_model(
-    name: str, *, num_classes: int = 10, use_bn: bool = True, seed: int = 0
+    name: str, *, num_classes: int = 10, use_bn: bool = True, seed: int = 0,
+    zero_init_residual: bool = False,
 ) -> nnx.Module:
   """Builds a model by name, initialised from ``seed``.
+
+  ``zero_init_residual`` (ResNets only) zeroes the last conv of every
+  residual branch; see :mod:`experiments.models.resnet`.
 
   Example:
     >>> from experiments.models import make_model
@@ -26,7 +30,10 @@ def make_model(
     )
   rngs = nnx.Rngs(seed)
   if name.startswith("resnet"):
-    return ResNet(int(name[len("resnet"):]), num_classes, use_bn, rngs=rngs)
+    return ResNet(int(name[len("resnet"):]), num_classes, use_bn,
+                  zero_init_residual=zero_init_residual, rngs=rngs)
+  if zero_init_residual:
+    raise ValueError(f"zero_init_residual applies to the ResNets, not {name!r}.")
   return DenseNetBC(100, num_classes, use_bn, growth=12, rngs=rngs)
 
 
