@@ -1,4 +1,4 @@
-"""Tests for experiments.conditioning (small kappa set, tiny budget, in-process)."""
+"""Tests for experiments.toy.conditioning (small kappa set, tiny budget, in-process)."""
 
 import json
 import math
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import conditioning as cond
+from experiments.toy import conditioning as cond
 
 CFG = cond.Config(
     kappas=(1.0, 1e2, 1e4),

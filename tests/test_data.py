@@ -10,8 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import data
-from experiments.data import DataError, load_dataset
+from experiments import input_pipeline as data
+from experiments.input_pipeline import DataError, load_dataset
+from experiments.input_pipeline import datasets as data_sources
 
 CIFAR_DIR = pathlib.Path("/work/shared/data/cifar10")
 
@@ -175,7 +176,7 @@ def test_tfds_source_reads_through_data_source_with_a_split():
                         "label": i % 100, "id": f"{split}_{i}"} for i in range(n))
 
   fake = types.SimpleNamespace(data_source=data_source)
-  train, test, k = data.load_tfds("cifar100", "/data", _tfds=fake)
+  train, test, k = data_sources.load_tfds("cifar100", "/data", _tfds=fake)
   assert calls == [("cifar100", "train", "/data", True), ("cifar100", "test", "/data", True)]
   assert len(train) == 1500 and len(test) == 300 and k == 100
   assert train.labels[:3].tolist() == [0, 1, 2]
@@ -185,8 +186,8 @@ def test_tfds_failure_explains_preparation():
   def data_source(name, **kw):
     raise ModuleNotFoundError("No module named 'tensorflow'")
 
-  with pytest.raises(DataError, match="preparing it does.*experiments.data prepare cifar10.*npz:DIR"):
-    data.load_tfds("cifar10", None, _tfds=types.SimpleNamespace(data_source=data_source))
+  with pytest.raises(DataError, match="preparing it does.*experiments.input_pipeline prepare cifar10.*npz:DIR"):
+    data_sources.load_tfds("cifar10", None, _tfds=types.SimpleNamespace(data_source=data_source))
 
 
 def _fake_cifar10_archive(root):
@@ -213,4 +214,4 @@ def test_real_tfds_preparation_needs_tensorflow(tmp_path):
   with mock.patch.object(tfds.download.DownloadManager, "download_and_extract",
                          return_value=str(extracted)):
     with pytest.raises(DataError, match="TensorFlow"):
-      data.load_tfds("cifar10", str(tmp_path / "tfds"))
+      data_sources.load_tfds("cifar10", str(tmp_path / "tfds"))

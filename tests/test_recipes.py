@@ -2,8 +2,10 @@
 
 import pytest
 
-from experiments import recipes, train
-from experiments.recipes import PAPER_TABLE, RECIPES, get_recipe
+from experiments import train
+from experiments.configs import recipes
+from experiments.configs.recipes import PAPER_TABLE, RECIPES, get_recipe
+from experiments.training.optimizer import optax_weight_decay
 
 
 def test_resnet110_adamw_converts_to_weight_decay_0_2():
@@ -53,27 +55,29 @@ def test_table_rows_and_values():
 
 def test_paper_scale_protocol():
   cfg = get_recipe("resnet56-nobn-adamw").config("paper")
-  assert cfg["epochs"] == 300 and cfg["batch_size"] == 128
-  assert cfg["schedule"] == "constant" and cfg["convention"] == "paper"
-  assert cfg["dataset"] == "cifar10" and cfg["use_bn"] is False
+  assert cfg.epochs == 300 and cfg.batch_size == 128
+  assert cfg.schedule == "constant" and cfg.convention == "paper"
+  assert cfg.dataset == "cifar10" and cfg.use_bn is False
   quick = get_recipe("resnet56-nobn-adamw").config("quick")
-  assert quick["dataset"] == "sample" and quick["epochs"] == recipes.QUICK_EPOCHS
-  assert get_recipe("densenet_bc100-nobn-adamw").config("quick")["train_subset"] == 2000
+  assert quick.dataset == "sample" and quick.epochs == recipes.QUICK_EPOCHS
+  assert get_recipe("densenet_bc100-nobn-adamw").config("quick").train_subset == 2000
   with pytest.raises(ValueError, match="quick, paper"):
     get_recipe("resnet56-nobn-adamw").config("huge")
+  # A recipe is a Config: the same type the CLI resolves to.
+  from experiments.config import Config
+  assert isinstance(cfg, Config) and cfg.recipe == "resnet56-nobn-adamw"
 
 
 def test_cli_recipe_resolves_and_flags_override():
-  p = train.build_parser()
-  cfg = train.resolve_config(vars(p.parse_args(
-      ["--recipe", "resnet110-nobn-adamw", "--scale", "quick", "--epochs", "1"])))
-  assert cfg["model"] == "resnet110" and cfg["use_bn"] is False
-  assert cfg["lr"] == 5e-4 and cfg["weight_decay"] == 1e-4
-  assert cfg["convention"] == "paper" and cfg["epochs"] == 1
-  assert train.optax_weight_decay(cfg) == pytest.approx(0.2)
-  cfg = train.resolve_config(vars(p.parse_args(["--recipe", "resnet110-nobn-x100-adam_l2"])))
-  assert cfg["loss_multiplier"] == 100 and cfg["epochs"] == 300
-  assert train.optax_weight_decay(cfg) == 1e-1
+  cfg = train.config_from_argv(
+      ["--recipe", "resnet110-nobn-adamw", "--budget", "quick", "--epochs", "1"])
+  assert cfg.model == "resnet110" and cfg.use_bn is False
+  assert cfg.lr == 5e-4 and cfg.weight_decay == 1e-4
+  assert cfg.convention == "paper" and cfg.epochs == 1
+  assert optax_weight_decay(cfg) == pytest.approx(0.2)
+  cfg = train.config_from_argv(["--recipe", "resnet110-nobn-x100-adam_l2"])
+  assert cfg.loss_multiplier == 100 and cfg.epochs == 300
+  assert optax_weight_decay(cfg) == 1e-1
 
 
 def test_unknown_recipe_lists_choices():

@@ -1,4 +1,4 @@
-"""Tests for experiments.reproduce (the study definition) and reproduce_report
+"""Tests for experiments.study: spec (the study definition), runner and report
 (aggregation, tables, figures) and for the committed report's traceability."""
 
 import json
@@ -7,14 +7,18 @@ import pathlib
 import numpy as np
 import pytest
 
-from experiments import reproduce, reproduce_report, train
-from experiments.recipes import get_recipe
+from experiments import train
+from experiments.configs.recipes import get_recipe
+from experiments.study import report as reproduce_report
+from experiments.study import runner
+from experiments.study import spec as reproduce
+from experiments.training.optimizer import optax_weight_decay
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _resolved(run, scale="cpu", runs_dir=pathlib.Path("/tmp/r")):
-  return train.resolve_config(vars(train.build_parser().parse_args(run.flags(scale, runs_dir))))
+  return train.config_from_argv(run.flags(scale, runs_dir))
 
 
 def test_study_covers_the_issue_and_uses_the_paper_settings():
@@ -35,7 +39,7 @@ def test_study_covers_the_issue_and_uses_the_paper_settings():
     assert cfg["out"].endswith(f"{run.part}/{run.name}")
     # The optax coefficient is lambda/alpha for the decoupled optimizers.
     want = rec.paper_lambda if rec.optimizer == "adam_l2" else rec.paper_lambda / rec.paper_alpha
-    assert train.optax_weight_decay(cfg) == pytest.approx(want, rel=1e-12)
+    assert optax_weight_decay(cfg) == pytest.approx(want, rel=1e-12)
   depth = {(get_recipe(r.recipe).model, get_recipe(r.recipe).optimizer)
            for r in runs if r.part == "depth"}
   assert depth == {(m, o) for m in reproduce.SCALES["cpu"]["depths"] for o in reproduce.OPTIMIZERS}
@@ -178,8 +182,8 @@ def test_paper_scale_estimate_uses_measured_steps_and_a_depth_line():
 
 def test_epochs_override_reaches_every_command(capsys, monkeypatch):
   monkeypatch.setattr(reproduce, "SCALES", dict(reproduce.SCALES))  # undo the override after
-  assert reproduce.main(["commands", "--scale", "cpu", "--epochs", "30"]) == 0
+  assert runner.main(["commands", "--scale", "cpu", "--epochs", "30"]) == 0
   lines = capsys.readouterr().out.splitlines()
   assert len(lines) == 45 and all("--epochs 30 " in l for l in lines)
   with pytest.raises(SystemExit):
-    reproduce.main(["commands", "--scale", "cpu", "--epochs", "0"])
+    runner.main(["commands", "--scale", "cpu", "--epochs", "0"])

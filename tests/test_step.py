@@ -1,4 +1,4 @@
-"""Tests of experiments.step: every implementation gives the plain jax.grad
+"""Tests of experiments.steps.train_step: every implementation gives the plain jax.grad
 gradients, donation, training progress, augmentation, data parallelism."""
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ import pytest
 from flax import nnx
 
 from experiments.models.resnet import ResNet
-from experiments import step as step_lib
-from experiments.step import (
+from experiments.input_pipeline import CIFAR_MEAN, CIFAR_STD
+from experiments.steps import train_step as step_lib
+from experiments.steps.train_step import (
     TrainState, augment, create_train_state, make_eval_step, make_train_step,
     normalize,
 )
 
-from experiments import onednn_conv
+from experiments.kernels import onednn as onednn_conv
 
 FAST_IMPLS = ["nofusion", "blockwise"]
 # name -> (impl, conv, conv_grad_chunk); batch 8 in chunks of 4 = 2 chunks.
@@ -121,7 +122,7 @@ def test_fast_impl_gradients_equal_plain(setup, impl):
 
 
 def test_chunked_conv_matches_lax_conv_gradients():
-  from experiments.fastconv import chunked_wgrad_conv
+  from experiments.kernels.fastconv import chunked_wgrad_conv
   k = jax.random.split(jax.random.key(0), 3)
   dn = ("NHWC", "HWIO", "NHWC")
   for stride, shape in ((1, (16, 8, 8, 5)), (2, (12, 9, 9, 4))):
@@ -184,7 +185,7 @@ def test_augmentation_deterministic_and_valid():
   np.testing.assert_array_equal(a, b)
   c = np.asarray(augment(jax.random.key(8), images))
   assert not np.array_equal(a, c)
-  mean, std = np.array(step_lib.CIFAR_MEAN), np.array(step_lib.CIFAR_STD)
+  mean, std = np.array(CIFAR_MEAN), np.array(CIFAR_STD)
   pixels = a * std + mean  # undo normalisation -> [0, 1]
   n_flipped = n_shifted = 0
   for k in range(len(images)):
@@ -316,7 +317,7 @@ import json, sys
 import jax, jax.numpy as jnp, numpy as np, optax
 from flax import nnx
 from experiments.models.resnet import ResNet
-from experiments.step import create_train_state, make_train_step
+from experiments.steps.train_step import create_train_state, make_train_step
 assert jax.device_count() == 8, jax.devices()
 rng = np.random.default_rng(0)
 images = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
@@ -384,7 +385,7 @@ def test_eight_device_mesh_equals_one_device_all_impls():
 
 
 def test_profile_cli_rejects_bad_input_and_draws(tmp_path):
-  from experiments import step_profile
+  from benchmarks import step_vs_depth as step_profile
   assert step_profile.parse_impl("nofusion:8") == ("nofusion", 8, "xla")
   assert step_profile.parse_impl("plain+onednn") == ("plain", 0, "onednn")
   assert step_profile.candidate_name("blockwise+onednn") == "blockwise+onednn"

@@ -22,8 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import step as step_lib
 from experiments import train
+from experiments.config import OPTIMIZERS, SCHEDULES, Config, ConfigError
+from experiments.steps import train_step as step_lib
+from experiments.training import loop
+from experiments.training.checkpoint import CheckpointMismatch, load_arrays
+from experiments.training.optimizer import build_optimizer, histogram_of, optax_weight_decay
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -47,8 +51,7 @@ def cache_dir(tmp_path_factory):
 
 
 def _cfg(out, *extra):
-  args = vars(train.build_parser().parse_args(TINY + list(extra) + ["--out", str(out)]))
-  return train.resolve_config(args)
+  return train.config_from_argv(TINY + list(extra) + ["--out", str(out)])
 
 
 def _rows(out):
@@ -56,23 +59,53 @@ def _rows(out):
 
 
 def _strip_times(rows):
-  return [{k: v for k, v in r.items() if k not in train.TIME_KEYS} for r in rows]
+  return [{k: v for k, v in r.items() if k not in loop.TIME_KEYS} for r in rows]
 
 
-def _subprocess(args, cache_dir, env_extra=None, timeout=600):
+def _subprocess(args, cache_dir, env_extra=None, timeout=600, kill_at_step=None):
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache_dir),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PLATFORMS="cpu")
   env.update(env_extra or {})
-  return subprocess.run([sys.executable, "-m", "experiments.train", *args],
-                        cwd=REPO, env=env, capture_output=True, text=True,
-                        timeout=timeout)
+  if kill_at_step is None:
+    cmd = ["-m", "experiments.train", *args]
+  else:
+    # Fault injection from outside the production loop: the step function is
+    # wrapped so that its N-th call SIGKILLs the process (no cleanup at all).
+    cmd = ["-c", _KILL_SCRIPT, str(kill_at_step), *args]
+  return subprocess.run([sys.executable, *cmd], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+_KILL_SCRIPT = """
+import os, signal, sys
+from experiments import train
+from experiments.steps import train_step as step_lib
+
+kill_at, argv = int(sys.argv[1]), sys.argv[2:]
+make = step_lib.make_train_step
+
+def make_killing_step(*a, **k):
+  step = make(*a, **k)
+  calls = [0]
+  def killing(*args):
+    out = step(*args)
+    calls[0] += 1
+    if calls[0] == kill_at:
+      os.kill(os.getpid(), signal.SIGKILL)
+    return out
+  killing.impl, killing.conv = step.impl, step.conv
+  return killing
+
+step_lib.make_train_step = make_killing_step
+sys.exit(train.main(argv))
+"""
 
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, cache_dir):
   """An uninterrupted 2-epoch BN run, in process."""
   out = tmp_path_factory.mktemp("ref") / "run"
-  summary = train.run(_cfg(out, "--epochs", "2"), log=lambda *_: None)
+  summary = loop.run(_cfg(out, "--epochs", "2"), log=lambda *_: None)
   return out, summary
 
 
@@ -97,7 +130,7 @@ def test_two_epoch_run_loss_decreases_and_outputs(reference_run):
   assert cfg["weight_decay"] == 1e-4 and cfg["convention"] == "paper"
   assert resolved["optax_weight_decay"] == pytest.approx(1e-4 / 1e-3)
   # rerunning a complete run does nothing and returns the same summary
-  again = train.run(_cfg(out, "--epochs", "2"), log=lambda *_: None)
+  again = loop.run(_cfg(out, "--epochs", "2"), log=lambda *_: None)
   assert again == summary
 
 
@@ -106,7 +139,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference_run, cache_dir
   out = tmp_path / "killed"
   args = TINY + ["--epochs", "2", "--out", str(out)]
   # Killed (SIGKILL, no cleanup) at step 6 = middle of epoch 2.
-  p = _subprocess(args, cache_dir, {"EXPERIMENTS_FAULT_KILL_AT_STEP": "6"})
+  p = _subprocess(args, cache_dir, kill_at_step=6)
   assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
   assert [r["epoch"] for r in _rows(out)] == [1]
   assert not (out / "summary.json").exists()
@@ -114,10 +147,11 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference_run, cache_dir
   assert p.returncode == 0, p.stderr[-2000:]
   assert "resuming after epoch 1" in p.stdout
   assert _strip_times(_rows(out)) == _strip_times(_rows(ref_out))
-  a, b = np.load(out / "checkpoint.npz"), np.load(ref_out / "checkpoint.npz")
-  for k in a.files:
-    if k != "meta":
-      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  (a, meta_a), (b, meta_b) = load_arrays(out / "checkpoints"), load_arrays(ref_out / "checkpoints")
+  assert meta_a["step"] == meta_b["step"] == 8
+  assert sorted(a) == sorted(b) and len(a) > 100
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 @pytest.mark.slow  # ~100 s under load; tests/test_step.py checks the step itself on 8 devices
@@ -129,16 +163,16 @@ def test_eight_devices_equal_one_device(cache_dir, tmp_path):
            "--optimizer", "momentum", "--lr", "0.05"]
   args = TINY + extra
   one = tmp_path / "one"
-  train.run(_cfg(one, *extra), log=lambda *_: None)
+  loop.run(_cfg(one, *extra), log=lambda *_: None)
   eight = tmp_path / "eight"
   p = _subprocess(args + ["--out", str(eight)], cache_dir,
                   {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
   assert p.returncode == 0, p.stderr[-2000:]
   assert json.loads((eight / "resolved_config.json").read_text())["devices"] == 8
-  a, b = np.load(one / "final_state.npz"), np.load(eight / "final_state.npz")
-  assert json.loads(str(b["meta"]))["step"] == 2
-  for k in a.files:
-    if k != "meta":
+  (a, _), (b, meta_b) = load_arrays(one / "final_state"), load_arrays(eight / "final_state")
+  assert meta_b["step"] == 2
+  for k in a:
+    if True:
       # Per leaf, relative to its largest entry (as tests/test_step.py). Measured:
       # up to ~4e-4 of the leaf's scale after 2 steps, in the momentum (per-device convolutions
       # on 4 images round differently from one on 32, through 20 layers and BN).
@@ -152,14 +186,13 @@ def test_eight_devices_equal_one_device(cache_dir, tmp_path):
 
 def _poison_labels(monkeypatch, epoch, batch):
   """Out-of-range labels in one batch: the cross-entropy's gather yields NaN."""
-  from experiments import data
-  orig = data.train_batches
+  orig = loop.train_batches
 
   def poisoned(split, batch_size, seed, ep, start=0):
     for b, (x, y) in enumerate(orig(split, batch_size, seed, ep, start), start):
       yield x, (np.full_like(y, 10**6) if (ep, b) == (epoch, batch) else y)
 
-  monkeypatch.setattr(data, "train_batches", poisoned)
+  monkeypatch.setattr(loop, "train_batches", poisoned)
 
 
 def _poison_step(monkeypatch, at_step):
@@ -176,28 +209,27 @@ def _poison_step(monkeypatch, at_step):
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(monkeypatch, cache_dir, tmp_path):
   _poison_labels(monkeypatch, epoch=1, batch=1)  # 0-based: the 6th step, in epoch 2
   out = tmp_path / "nan"
-  with pytest.raises(train.NonFiniteLoss, match="epoch 2.*checkpoint.*epoch 1.*--skip-nonfinite"):
-    train.run(_cfg(out, "--epochs", "3", "--no-update-hist"), log=lambda *_: None)
+  with pytest.raises(loop.NonFiniteLoss, match="epoch 2, step 6.*checkpoint.*epoch 1.*--skip-nonfinite"):
+    loop.run(_cfg(out, "--epochs", "3", "--no-update-hist"), log=lambda *_: None)
   assert [r["epoch"] for r in _rows(out)] == [1]
-  state, meta = np.load(out / "checkpoint.npz"), None
-  meta = json.loads(str(state["meta"]))
+  state, meta = load_arrays(out / "checkpoints")
   assert meta["epoch"] == 1 and meta["step"] == 4
-  assert all(np.isfinite(state[k]).all() for k in state.files if k != "meta")
+  assert all(np.isfinite(v).all() for v in state.values())
 
 
 def test_skip_nonfinite_skips_and_counts(monkeypatch, cache_dir, tmp_path):
   _poison_step(monkeypatch, at_step=1)
   out = tmp_path / "skip"
   # With BatchNorm: a skipped step must leave the statistics alone too.
-  summary = train.run(_cfg(out, "--epochs", "1", "--skip-nonfinite", "--no-update-hist"),
+  summary = loop.run(_cfg(out, "--epochs", "1", "--skip-nonfinite", "--no-update-hist"),
                       log=lambda *_: None)
   assert summary["status"] == "complete"
   row = _rows(out)[0]
   assert row["nonfinite_skips"] == 1
   assert row["step"] == 4  # the skipped step still counts as a step
   assert np.isfinite(row["train_loss"]) and np.isfinite(row["test_loss"])
-  ck = np.load(out / "checkpoint.npz")
-  assert all(np.isfinite(ck[k]).all() for k in ck.files if k != "meta")
+  ck, _ = load_arrays(out / "checkpoints")
+  assert all(np.isfinite(v).all() for v in ck.values())
 
 
 def test_larger_epochs_extends_a_finished_constant_run(reference_run, tmp_path):
@@ -206,23 +238,23 @@ def test_larger_epochs_extends_a_finished_constant_run(reference_run, tmp_path):
   ref_out, _ = reference_run
   out = tmp_path / "extended"
   shutil.copytree(ref_out, out)
-  summary = train.run(_cfg(out, "--epochs", "3"), log=lambda *_: None)
+  summary = loop.run(_cfg(out, "--epochs", "3"), log=lambda *_: None)
   straight = tmp_path / "straight"
-  train.run(_cfg(straight, "--epochs", "3"), log=lambda *_: None)
+  loop.run(_cfg(straight, "--epochs", "3"), log=lambda *_: None)
   assert summary["status"] == "complete" and summary["epochs"] == 3
   assert _strip_times(_rows(out)) == _strip_times(_rows(straight))
   assert json.loads((out / "config.json").read_text())["epochs"] == 3
   # Fewer epochs, or any schedule that depends on the length, is another run.
-  with pytest.raises(train.ConfigError, match="epochs"):
-    train.run(_cfg(out, "--epochs", "2"), log=lambda *_: None)
-  with pytest.raises(train.ConfigError, match="epochs"):
-    train.run(_cfg(straight, "--epochs", "4", "--schedule", "cosine"), log=lambda *_: None)
+  with pytest.raises(ConfigError, match="epochs"):
+    loop.run(_cfg(out, "--epochs", "2"), log=lambda *_: None)
+  with pytest.raises(ConfigError, match="epochs"):
+    loop.run(_cfg(straight, "--epochs", "4", "--schedule", "cosine"), log=lambda *_: None)
 
 
 def test_out_with_other_config_is_refused(reference_run):
   out, _ = reference_run
-  with pytest.raises(train.ConfigError, match="different configuration.*lr.*--overwrite"):
-    train.run(_cfg(out, "--epochs", "2", "--lr", "5e-4"), log=lambda *_: None)
+  with pytest.raises(ConfigError, match="different configuration.*lr.*--overwrite"):
+    loop.run(_cfg(out, "--epochs", "2", "--lr", "5e-4"), log=lambda *_: None)
 
 
 @pytest.mark.parametrize("flag,value,listed", [
@@ -244,7 +276,7 @@ def test_unknown_choice_lists_valid_ones(flag, value, listed, capsys):
 def test_bad_numbers_name_the_flag(capsys):
   for argv, needle in ([["--lr", "-1"], "--lr"], [["--batch-size", "0"], "--batch-size"],
                        [["--regularizer", "l1"], "--reg-strength"],
-                       [["--scale", "quick"], "--recipe"]):
+                       [["--budget", "quick"], "--recipe"]):
     with pytest.raises(SystemExit):
       train.main(argv + ["--out", "/nonexistent/never-created"])
     assert needle in capsys.readouterr().err
@@ -263,7 +295,7 @@ def test_help_lists_every_issue_flag():
   for flag in ("--dataset", "--model", "--no-bn", "--optimizer", "--lr",
                "--weight-decay", "--convention", "--schedule", "--epochs",
                "--batch-size", "--train-subset", "--loss-multiplier", "--seed",
-               "--out", "--recipe", "--scale", "--skip-nonfinite", "--overwrite",
+               "--out", "--recipe", "--budget", "--skip-nonfinite", "--overwrite",
                "--val-size", "--regularizer", "--data-dir"):
     assert flag in text, flag
 
@@ -272,14 +304,14 @@ def test_every_optimizer_and_schedule_builds_and_steps():
   """Each --optimizer x a few --schedule values builds and takes a finite step."""
   params = {"w": jnp.ones((3, 3, 2, 4)), "b": jnp.ones(4)}
   grads = jax.tree.map(lambda x: 0.1 * x, params)
-  combos = [(o, "constant") for o in train.OPTIMIZERS]
+  combos = [(o, "constant") for o in OPTIMIZERS]
   combos += [(o, s) for o, s in zip(["adamprox", "sgdprox", "adamw", "adam_l2", "rmsprop"],
-                                    train.SCHEDULES[1:])]
+                                    SCHEDULES[1:])]
   for opt, sched in combos:
-    cfg = dict(train.DEFAULTS, optimizer=opt, schedule=sched, weight_decay=0.1,
-               epochs=3, update_hist=True, regularizer="group_lasso",
-               reg_strength=0.01)
-    tx, plateau, _ = train.build_optimizer(cfg, steps_per_epoch=5)
+    cfg = Config(optimizer=opt, schedule=sched, weight_decay=0.1,
+                 epochs=3, update_hist=True, regularizer="group_lasso",
+                 reg_strength=0.01)
+    tx, plateau, _ = build_optimizer(cfg, steps_per_epoch=5)
     state = tx.init(params)
     updates, state = tx.update(grads, state, params)
     assert all(np.isfinite(u).all() for u in jax.tree.leaves(updates)), (opt, sched)
@@ -288,7 +320,7 @@ def test_every_optimizer_and_schedule_builds_and_steps():
     import proxopt
     n = sum(x.size for x in jax.tree.leaves(params))
     assert proxopt.update_scale_summary(state).pooled.total == n, opt
-    assert train.histogram_of(opt) == (
+    assert histogram_of(opt) == (
         "adam_direction" if opt in ("adam_l2", "adamw", "adamprox") else "step")
     if plateau is not None:
       state = plateau.observe(state, 1.0)
@@ -296,17 +328,65 @@ def test_every_optimizer_and_schedule_builds_and_steps():
 
 
 def test_weight_decay_conventions():
-  base = dict(train.DEFAULTS, lr=5e-4, weight_decay=1e-4, convention="paper")
-  assert train.optax_weight_decay(dict(base, optimizer="adamw")) == pytest.approx(0.2)
-  assert train.optax_weight_decay(dict(base, optimizer="adamprox")) == pytest.approx(0.2)
-  assert train.optax_weight_decay(dict(base, optimizer="adam_l2")) == 1e-4
-  assert train.optax_weight_decay(dict(base, optimizer="adamw", convention="optax")) == 1e-4
+  base = Config(lr=5e-4, weight_decay=1e-4, convention="paper")
+  assert optax_weight_decay(base.replace(optimizer="adamw")) == pytest.approx(0.2)
+  assert optax_weight_decay(base.replace(optimizer="adamprox")) == pytest.approx(0.2)
+  assert optax_weight_decay(base.replace(optimizer="adam_l2")) == 1e-4
+  assert optax_weight_decay(base.replace(optimizer="adamw", convention="optax")) == 1e-4
 
 
 def test_zero_init_residual_flag_reaches_the_config():
-  from experiments import train as train_mod
-  parse = lambda argv: train_mod.resolve_config(vars(train_mod.build_parser().parse_args(argv)))
-  assert parse(["--model", "resnet56", "--no-bn"])["zero_init_residual"] is False
-  assert parse(["--model", "resnet56", "--no-bn", "--zero-init-residual"])["zero_init_residual"] is True
+  parse = train.config_from_argv
+  assert parse(["--model", "resnet56", "--no-bn"]).zero_init_residual is False
+  assert parse(["--model", "resnet56", "--no-bn", "--zero-init-residual"]).zero_init_residual is True
   # a recipe keeps the paper's init unless asked
-  assert parse(["--recipe", "resnet56-nobn-adamw"])["zero_init_residual"] is False
+  assert parse(["--recipe", "resnet56-nobn-adamw"]).zero_init_residual is False
+
+
+def test_checkpoint_of_another_model_or_optimizer_is_refused(reference_run, tmp_path):
+  """Restoring goes by tree path: another depth, or another optimizer state,
+  fails with a message naming the paths and the fix."""
+  import shutil
+  ref_out, _ = reference_run
+  for extra, needle in ((["--model", "resnet32"], "params/blocks/3"),
+                        (["--optimizer", "sgdw"], "opt_state")):
+    out = tmp_path / extra[1]
+    out.mkdir()
+    shutil.copytree(ref_out / "checkpoints", out / "checkpoints")  # a foreign checkpoint
+    cfg = _cfg(out, "--epochs", "2", *extra)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict()))
+    with pytest.raises(CheckpointMismatch, match=f"different model or optimizer.*{needle}.*--overwrite"):
+      loop.run(cfg, log=lambda *_: None)
+
+
+def test_renamed_submodule_with_same_shapes_is_refused(tmp_path):
+  """Same leaf count, order and shapes, another name: by position this would
+  load silently; by path it is refused."""
+  import jax.numpy as jnp
+  from experiments.training.checkpoint import Checkpointer
+  a = {"params": {"head": {"kernel": jnp.ones((3, 3))}, "stem": {"kernel": jnp.zeros((3, 3))}}}
+  b = {"params": {"head": {"kernel": jnp.ones((3, 3))}, "trunk": {"kernel": jnp.zeros((3, 3))}}}
+  ck = Checkpointer(tmp_path / "c")
+  ck.save(1, a, {"epoch": 1})
+  with pytest.raises(CheckpointMismatch, match="missing from the checkpoint: params/trunk/kernel"):
+    ck.restore(b)
+  restored, meta = ck.restore(jax.tree.map(jnp.zeros_like, a))
+  np.testing.assert_array_equal(restored["params"]["head"]["kernel"], 1.0)
+  assert meta == {"epoch": 1}
+  ck.close()
+
+
+def test_metrics_are_read_only_at_logging_points(reference_run, monkeypatch, tmp_path):
+  """The loop reads the device metrics once per logging point, not per step."""
+  from experiments.training import metrics as metrics_lib
+  reads = []
+  orig = metrics_lib.read
+  monkeypatch.setattr(metrics_lib, "read", lambda acc: reads.append(1) or orig(acc))
+  # 8 steps, --log-every 3: reads after steps 3 and 6 and at the end of each epoch.
+  loop.run(_cfg(tmp_path / "r", "--epochs", "2", "--log-every", "3"), log=lambda *_: None)
+  assert len(reads) == 4
+
+
+def test_fault_injection_is_not_in_the_production_loop():
+  src = (REPO / "experiments" / "training" / "loop.py").read_text()
+  assert "os.kill" not in src and "os.environ" not in src and "FAULT" not in src

@@ -1,4 +1,4 @@
-"""experiments.trajectories: the classic step-size lessons hold as assertions."""
+"""experiments.toy.trajectories: the classic step-size lessons hold as assertions."""
 
 import json
 import os
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import proxopt
-from experiments import trajectories as tr
+from experiments.toy import trajectories as tr
 
 STEPS = tr.DEFAULT_STEPS
 

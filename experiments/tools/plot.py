@@ -1,4 +1,4 @@
-r"""Figures from run directories: ``python -m experiments.plot DIR... --out PREFIX``.
+r"""Figures from run directories: ``python -m experiments.tools.plot DIR... --out PREFIX``.
 
 Reads each ``DIR/config.json`` and ``DIR/metrics.jsonl`` (written by
 ``experiments.train``) and draws:
@@ -19,14 +19,13 @@ Labels are ``optimizer lr wd`` from the config unless ``--labels`` is given.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import pathlib
 import sys
 
 import numpy as np
 
-from experiments.checkpoint import atomic_write_bytes
+from experiments.files import write_figure
 
 
 def load_run(d: str | pathlib.Path) -> tuple[dict, list[dict]]:
@@ -47,9 +46,7 @@ def default_label(cfg: dict) -> str:
 
 
 def _save(fig, path: pathlib.Path) -> None:
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=120)
-  atomic_write_bytes(path, buf.getvalue())
+  write_figure(path, fig)
 
 
 def plot_curves(runs, labels, path: pathlib.Path) -> None:
@@ -108,7 +105,7 @@ def plot_update_hist(runs, labels, path: pathlib.Path, epoch: int | None) -> int
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m experiments.plot", description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(prog="python -m experiments.tools.plot", description=__doc__.split("\n")[0])
   p.add_argument("dirs", nargs="+", help="run directories (experiments.train --out)")
   p.add_argument("--out", default="figure", help="output prefix (default: figure)")
   p.add_argument("--labels", help="comma-separated labels, one per DIR")

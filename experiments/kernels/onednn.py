@@ -18,10 +18,16 @@ No maintained package exposes oneDNN convolutions to JAX (jaxlib's own
 these convolutions up, see README "Fast training on CPU"), so this module
 binds them itself: ``onednn_conv.cc`` holds three XLA FFI handlers (forward,
 backward-data, backward-weights on NHWC activations and HWIO weights, float32),
-compiled on first use with the machine's C++ compiler against jaxlib's FFI
-headers and the oneDNN of the ``onednn-cpu-gomp`` wheel (or ``ONEDNN_ROOT``,
-or Debian's ``libdnnl-dev``), and cached in ``~/.cache/proxopt`` (or
-``PROXOPT_CACHE_DIR``). :func:`conv_general_dilated` is a drop-in for
+compiled with the machine's C++ compiler against jaxlib's FFI headers and the
+oneDNN of the ``onednn-cpu-gomp`` wheel (or ``ONEDNN_ROOT``, or Debian's
+``libdnnl-dev``), and cached in ``~/.cache/proxopt-experiments`` (or
+``EXPERIMENTS_CACHE_DIR``). The FFI targets are ``experiments_onednn_conv_*``.
+
+Nothing is compiled behind the user's back: :func:`build` (``python -m
+experiments.kernels build``, or ``--conv onednn`` on first use, which prints
+one line saying so) compiles; :func:`available` only reports whether a build
+for this source/jaxlib/oneDNN is already in the cache and loads, and
+``--conv auto`` uses the kernels only then. :func:`conv_general_dilated` is a drop-in for
 ``lax.conv_general_dilated`` with a ``jax.custom_vjp`` whose backward pass
 calls the two gradient kernels; anything it does not handle (other dtypes,
 layouts, dilation, groups, non-CPU backends) goes to ``lax`` unchanged.
@@ -32,7 +38,7 @@ Second derivatives are not supported (the custom VJP is not differentiable).
 
 Example:
   >>> import jax, jax.numpy as jnp
-  >>> from experiments import onednn_conv
+  >>> from experiments.kernels import onednn as onednn_conv
   >>> x = jnp.ones((4, 6, 6, 3)); w = jnp.ones((3, 3, 3, 5))
   >>> dn = ("NHWC", "HWIO", "NHWC")
   >>> f = lambda w, conv: conv(x, w, (1, 1), "SAME", dimension_numbers=dn).sum()
@@ -60,8 +66,9 @@ import numpy as np
 from jax import lax
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
-_TARGETS = {"fwd": "ProxoptConvFwd", "bwd_data": "ProxoptConvBwdData",
-            "bwd_weights": "ProxoptConvBwdWeights"}
+_TARGETS = {"fwd": "experiments_onednn_conv_fwd",
+            "bwd_data": "experiments_onednn_conv_bwd_data",
+            "bwd_weights": "experiments_onednn_conv_bwd_weights"}
 _INSTALL_HINT = (
     "install oneDNN with `pip install onednn-cpu-gomp==2023.2.0 "
     "onednn-devel-cpu-gomp==2023.2.0` (part of `pip install -e .[experiments]` "
@@ -104,38 +111,60 @@ def _compiler() -> str:
   cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
   if not cxx:
     raise OneDNNUnavailable(
-        "no C++ compiler found to build experiments/onednn_conv.cc: install "
+        "no C++ compiler found to build experiments/kernels/onednn_conv.cc: install "
         "one (`apt-get install g++`) or set CXX."
     )
   return cxx
 
 
-def _cache_dir() -> Path:
-  d = os.environ.get("PROXOPT_CACHE_DIR")
-  return Path(d) if d else Path.home() / ".cache" / "proxopt"
+def cache_dir() -> Path:
+  """Where the compiled kernels live: ``$EXPERIMENTS_CACHE_DIR`` or
+  ``~/.cache/proxopt-experiments``."""
+  d = os.environ.get("EXPERIMENTS_CACHE_DIR")
+  return Path(d) if d else Path.home() / ".cache" / "proxopt-experiments"
 
 
-def build() -> Path:
-  """Compiles ``onednn_conv.cc`` (once per source/jaxlib/oneDNN) and returns the .so.
-
-  The shared object is written to a temporary file and renamed into the
-  cache, so concurrent first uses (e.g. pytest workers) never see a partial
-  file.
-  """
+def library_path() -> Path:
+  """The cache path of the build for this source, jaxlib, compiler and oneDNN
+  (it may not exist yet). Raises :class:`OneDNNUnavailable` without oneDNN or
+  a compiler."""
   import jaxlib
 
   inc, lib = _find_onednn()
   cxx = _compiler()
-  ffi_inc = Path(jax.ffi.include_dir())
   version_h = inc / "oneapi" / "dnnl" / "dnnl_version.h"
   key = hashlib.sha256()
   for part in (SOURCE.read_bytes(), jaxlib.__version__.encode(), cxx.encode(),
                str(inc).encode(), str(lib).encode(),
                version_h.read_bytes() if version_h.exists() else b""):
     key.update(part)
-  out = _cache_dir() / f"onednn_conv-{key.hexdigest()[:16]}.so"
+  return cache_dir() / f"onednn_conv-{key.hexdigest()[:16]}.so"
+
+
+def is_built() -> bool:
+  """Whether :func:`build` has already compiled the kernels for this setup."""
+  try:
+    return library_path().exists()
+  except OneDNNUnavailable:
+    return False
+
+
+def build(log=None) -> Path:
+  """Compiles ``onednn_conv.cc`` (once per source/jaxlib/oneDNN) and returns the .so.
+
+  Prints one line to stderr (or calls ``log``) when it actually compiles. The
+  shared object is written to a temporary file and renamed into the cache, so
+  concurrent first uses (e.g. pytest workers) never see a partial file.
+  """
+  out = library_path()
   if out.exists():
     return out
+  inc, lib = _find_onednn()
+  cxx = _compiler()
+  ffi_inc = Path(jax.ffi.include_dir())
+  (log or (lambda m: print(m, file=sys.stderr, flush=True)))(
+      f"experiments: compiling the oneDNN convolution kernels once into {out} "
+      "(asked for by conv='onednn'; about a minute)")
   out.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
   os.close(fd)
@@ -156,12 +185,16 @@ def build() -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def _load() -> str:
-  """Builds, loads and registers the FFI targets; '' on success, else why not."""
+def _load_built() -> str:
+  """Loads and registers an already built library; '' on success, else why not."""
   if sys.platform != "linux":
     return f"the oneDNN convolutions are only built on Linux (this is {sys.platform})"
   try:
-    so = ctypes.cdll.LoadLibrary(str(build()))
+    path = library_path()
+    if not path.exists():
+      return ("the oneDNN kernels are not built yet: run `python -m experiments.kernels "
+              "build` or pass conv='onednn' (--conv onednn) once")
+    so = ctypes.cdll.LoadLibrary(str(path))
   except (OneDNNUnavailable, OSError) as e:
     return str(e)
   for name in _TARGETS.values():
@@ -171,18 +204,29 @@ def _load() -> str:
 
 
 def available() -> bool:
-  """Whether the oneDNN kernels are built and registered (building them if needed)."""
-  return not _load()
+  """Whether the kernels are already built and load (never compiles)."""
+  return not _load_built()
 
 
 def unavailable_reason() -> str:
   """Why :func:`available` is False ('' when it is True)."""
-  return _load()
+  return _load_built()
 
 
 def require() -> None:
-  """Raises :class:`OneDNNUnavailable`, naming the fix, unless :func:`available`."""
-  reason = _load()
+  """Builds the kernels if needed (the user asked for them) and loads them.
+
+  Raises :class:`OneDNNUnavailable`, naming the fix, when they cannot be built.
+  """
+  if not _load_built():
+    return
+  if sys.platform == "linux":
+    try:
+      build()
+    except OneDNNUnavailable as e:
+      raise OneDNNUnavailable(f"oneDNN convolutions unavailable: {e}") from None
+    _load_built.cache_clear()
+  reason = _load_built()
   if reason:
     raise OneDNNUnavailable(f"oneDNN convolutions unavailable: {reason}")
 
@@ -289,11 +333,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
 def with_onednn_convs(model):
   """A copy of the NNX `model` whose ``nnx.Conv`` layers run on oneDNN.
 
-  Parameters are shared, as in :func:`experiments.fastconv.with_conv_function`.
+  Parameters are shared, as in :func:`experiments.kernels.fastconv.with_conv_function`.
   Raises :class:`OneDNNUnavailable` (with the fix) when the kernels cannot be
   built here.
   """
-  from experiments.fastconv import with_conv_function
+  from experiments.kernels.fastconv import with_conv_function
 
   require()
   return with_conv_function(model, conv_general_dilated)

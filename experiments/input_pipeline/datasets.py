@@ -10,7 +10,7 @@ Sources (``--dataset``):
   TensorFlow (established with tensorflow-datasets 4.9.10 on a fake archive:
   the CIFAR builder reads the binary batches with ``tf.io.gfile.GFile`` and
   the ``Image`` feature PNG-encodes each image with TensorFlow; etils also
-  wants ``importlib_resources``): do it once with ``python -m experiments.data
+  wants ``importlib_resources``): do it once with ``python -m experiments.input_pipeline
   prepare cifar10 --data-dir DIR`` where TensorFlow is installed; training
   then reads DIR without TensorFlow.
 - ``npz:DIR``: ``DIR/train.npz`` and ``DIR/test.npz``, each with ``image``
@@ -18,21 +18,20 @@ Sources (``--dataset``):
   NumPy export of CIFAR).
 - ``sample``: a small, class-balanced real CIFAR-10 sample shipped in
   ``experiments/sample/cifar10_sample.npz`` so the harness works offline;
-  ``python -m experiments.data make-sample --src DIR`` rebuilds it.
+  ``python -m experiments.input_pipeline make-sample --src DIR`` rebuilds it.
 
 A split is loaded once into NumPy arrays (CIFAR fits in memory). Batches are
 drawn from a permutation that is a pure function of ``(seed, epoch)``, so a
 run resumed at any epoch sees the same batches as an uninterrupted one.
-Augmentation (random crop with 4-pixel zero padding, horizontal flip) and
-normalisation are jittable functions of a PRNG key that run on device inside
-the train step; they live with the step (:mod:`experiments.step`) and are
-re-exported here.
+Augmentation and normalisation run on the device inside the train step
+(:mod:`experiments.input_pipeline.augment`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import os
 import pathlib
 import sys
@@ -40,9 +39,9 @@ from typing import Iterator
 
 import numpy as np
 
-from experiments.step import CIFAR_MEAN, CIFAR_STD, augment, normalize
+from experiments.files import write_bytes
 
-SAMPLE_PATH = pathlib.Path(__file__).parent / "sample" / "cifar10_sample.npz"
+SAMPLE_PATH = pathlib.Path(__file__).parents[1] / "sample" / "cifar10_sample.npz"
 TFDS_DATASETS = {"cifar10": 10, "cifar100": 100}
 DATASET_CHOICES = ("cifar10", "cifar100", "npz:DIR", "sample")
 
@@ -131,7 +130,7 @@ def load_sample() -> tuple[Split, Split, int]:
   if not SAMPLE_PATH.is_file():
     raise DataError(
         f"the embedded sample {SAMPLE_PATH} is missing; rebuild it with "
-        "`python -m experiments.data make-sample --src DIR` (DIR with CIFAR-10 "
+        "`python -m experiments.input_pipeline make-sample --src DIR` (DIR with CIFAR-10 "
         "train.npz/test.npz) or reinstall the package."
     )
   with np.load(SAMPLE_PATH) as f:
@@ -161,7 +160,7 @@ PREPARE_HOW = (
     "Reading a prepared dataset needs no TensorFlow, but preparing it does "
     "(tensorflow-datasets' CIFAR builder reads the archive with tf.io.gfile and "
     "PNG-encodes every image with TensorFlow): prepare it once with "
-    "`pip install tensorflow-cpu importlib_resources && python -m experiments.data "
+    "`pip install tensorflow-cpu importlib_resources && python -m experiments.input_pipeline "
     "prepare {name} --data-dir DIR` (possibly on another machine, then copy DIR), "
     "and train with --data-dir DIR; or convert CIFAR to train.npz/test.npz and "
     "use --dataset npz:DIR."
@@ -325,21 +324,17 @@ def make_sample(
     return split.take(idx[rng.permutation(len(idx))])
 
   tr, te = pick(train, train_per_class), pick(test, test_per_class)
-  out = pathlib.Path(out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = out.with_name(out.name + ".tmp")
-  with open(tmp, "wb") as f:
-    np.savez_compressed(f, train_image=tr.images, train_label=tr.labels,
-                        test_image=te.images, test_label=te.labels)
-  os.replace(tmp, out)
-  return out
+  buf = io.BytesIO()
+  np.savez_compressed(buf, train_image=tr.images, train_label=tr.labels,
+                      test_image=te.images, test_label=te.labels)
+  return write_bytes(out, buf.getvalue())
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m experiments.data", description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(prog="python -m experiments.input_pipeline", description=__doc__.split("\n")[0])
   sub = p.add_subparsers(dest="cmd", required=True)
   ms = sub.add_parser("make-sample", help="rebuild the embedded CIFAR-10 sample")
-  ms.add_argument("--src", default="/work/shared/data/cifar10",
+  ms.add_argument("--src", required=True,
                   help="folder with CIFAR-10 train.npz/test.npz")
   ms.add_argument("--out", default=str(SAMPLE_PATH))
   ms.add_argument("--train-per-class", type=int, default=160)
@@ -369,10 +364,7 @@ def main(argv=None) -> int:
 
 
 __all__ = [
-    "CIFAR_MEAN", "CIFAR_STD", "DATASET_CHOICES", "DataError", "Dataset", "Split",
-    "augment", "epoch_order", "eval_batches", "load_dataset", "make_sample",
-    "normalize", "steps_per_epoch", "train_batches",
+    "DATASET_CHOICES", "DataError", "Dataset", "Split",
+    "epoch_order", "eval_batches", "load_dataset", "make_sample",
+    "steps_per_epoch", "train_batches",
 ]
-
-if __name__ == "__main__":
-  sys.exit(main())

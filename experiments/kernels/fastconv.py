@@ -12,7 +12,7 @@ which for CIFAR shapes (32x32 images, 16 channels, batch 128) runs about 8x
 slower than the forward convolution of the same size (measured here: 302 ms vs
 20 ms); on chunks of 8 images the same work took 37 ms (see the README,
 "Fast training on CPU"). With oneDNN available, the step uses
-:mod:`experiments.onednn_conv` instead, which is faster still. The forward pass and the input gradient
+:mod:`experiments.kernels.onednn` instead, which is faster still. The forward pass and the input gradient
 are XLA's own. The chunks are unrolled (B/c weight-gradient convolutions per
 layer in the HLO).
 
@@ -22,7 +22,7 @@ accelerators one large convolution is what the kernels are built for.
 
 Example:
   >>> import jax, jax.numpy as jnp
-  >>> from experiments.fastconv import chunked_wgrad_conv
+  >>> from experiments.kernels.fastconv import chunked_wgrad_conv
   >>> conv = chunked_wgrad_conv(4)
   >>> x = jnp.ones((8, 6, 6, 3)); w = jnp.ones((3, 3, 3, 5))
   >>> dn = ("NHWC", "HWIO", "NHWC")
@@ -82,7 +82,7 @@ def chunked_wgrad_conv(chunk: int = 8) -> Callable[..., jax.Array]:
   """A drop-in ``lax.conv_general_dilated`` with a batch-chunked weight gradient.
 
   Pass it as ``nnx.Conv(..., conv_general_dilated=chunked_wgrad_conv(8))`` or
-  let :func:`experiments.step.make_train_step` install it. Falls back to the
+  let :func:`experiments.steps.train_step.make_train_step` install it. Falls back to the
   plain convolution when the batch is not a multiple of ``2 * chunk`` or when
   features it does not handle are requested (batch groups, output sharding,
   a preferred element type).

@@ -34,7 +34,7 @@ schedule for every kappa:
   problem Adam-L2 solves; AdamW/AdamProx have a different, kappa-independent
   fixed point, so this number measures how different it is, not a failure).
 
-Run ``python -m experiments.conditioning [--out DIR]``: writes
+Run ``python -m experiments.toy.conditioning [--out DIR]``: writes
 ``DIR/conditioning.json`` (``{"problems": {problem: {study: {optimizer:
 {str(kappa): number or null}}}}, "metric": {study: text}, "config": ...,
 "tuned": ...}``), PNG plots and prints the tables. All runs are float64 and
@@ -62,6 +62,7 @@ import numpy as np
 import optax
 
 import proxopt
+from experiments.files import write_figure, write_json
 
 PROBLEMS = ("diag_quadratic", "diag_logcosh", "rotated_quadratic")
 STUDY_I = ("gd", "sgd_momentum", "adagrad_eps0", "adam_eps0", "adam_eps1e-8")
@@ -286,11 +287,7 @@ def _num(v) -> float | None:
 
 
 def _atomic_write_json(path: str, obj: Any) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=False)
-    f.write("\n")
-  os.replace(tmp, path)
+  write_json(path, obj, indent=1, sort_keys=False)
 
 
 def format_table(title: str, table: dict[str, dict[str, Any]], kappas) -> str:
@@ -376,9 +373,7 @@ def plot(results: dict[str, Any], cfg: Config, fig_dir: str) -> list[str]:
     fig.suptitle(_TITLES[study], fontsize=10)
     fig.tight_layout()
     path = os.path.join(fig_dir, f"conditioning_{study}.png")
-    fig.savefig(path + ".tmp.png", dpi=110)
-    os.replace(path + ".tmp.png", path)
-    plt.close(fig)
+    write_figure(path, fig, dpi=110)
     written.append(path)
   return written
 
@@ -436,7 +431,7 @@ def run(
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   default_out = os.path.join("docs", "results")
   parser = argparse.ArgumentParser(
-      prog="python -m experiments.conditioning",
+      prog="python -m experiments.toy.conditioning",
       description=__doc__.split("\n\n")[0],
   )
   parser.add_argument("--out", default=default_out,

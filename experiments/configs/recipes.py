@@ -10,7 +10,8 @@ Each recipe keeps the paper's ``(alpha, lambda)`` next to the converted optax
 values. AdamProx was not tuned in the paper: its recipes use AdamW's settings.
 
 Names: ``<model>-<bn|nobn>[-x<loss multiplier>]-<optimizer>``, e.g.
-``resnet110-nobn-adamw`` or ``resnet110-nobn-x100-adam_l2``. Scales:
+``resnet110-nobn-adamw`` or ``resnet110-nobn-x100-adam_l2``. Budgets
+(``--budget``):
 
 - ``paper``: the published protocol (above);
 - ``quick``: fits a CPU in minutes: CIFAR-10 recipes use the embedded
@@ -19,18 +20,21 @@ Names: ``<model>-<bn|nobn>[-x<loss multiplier>]-<optimizer>``, e.g.
   loss multiplier) as in ``paper``.
 
 Example:
-  >>> from experiments.recipes import get_recipe
+  >>> from experiments.configs.recipes import get_recipe
   >>> r = get_recipe("resnet110-nobn-adamw")
   >>> r.paper_alpha, r.paper_lambda, round(r.weight_decay, 12)
   (0.0005, 0.0001, 0.2)
+  >>> r.config("quick").epochs, r.config("quick").dataset
+  (3, 'sample')
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from experiments.config import BUDGETS, Config
+
 QUICK_EPOCHS = 3
-SCALES = ("quick", "paper")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,23 +59,23 @@ class Recipe:
       return self.paper_lambda
     return self.paper_lambda / self.paper_alpha
 
-  def config(self, scale: str = "paper") -> dict:
-    """Training flags (``experiments.train`` config keys) of this recipe."""
-    if scale not in SCALES:
-      raise ValueError(f"unknown scale {scale!r}; valid choices: {', '.join(SCALES)}.")
+  def config(self, budget: str = "paper") -> Config:
+    """The training :class:`~experiments.config.Config` of this recipe."""
+    if budget not in BUDGETS:
+      raise ValueError(f"unknown budget {budget!r}; valid choices: {', '.join(BUDGETS)}.")
     cfg = dict(
         model=self.model, use_bn=self.use_bn, optimizer=self.optimizer,
         lr=self.paper_alpha, weight_decay=self.paper_lambda, convention="paper",
         loss_multiplier=self.loss_multiplier, schedule="constant",
         batch_size=128, epochs=300, dataset=self.dataset, train_subset=None,
     )
-    if scale == "quick":
+    if budget == "quick":
       cfg["epochs"] = QUICK_EPOCHS
       if self.dataset == "cifar10":
         cfg["dataset"] = "sample"
       else:
         cfg["train_subset"] = 2000
-    return cfg
+    return Config(recipe=self.name, budget=budget, **cfg)
 
   def row(self) -> dict:
     return dict(
@@ -135,6 +139,3 @@ def table_markdown() -> str:
                  f"| {r.weight_decay:g} | {r.loss_multiplier:g} |")
   return "\n".join(lines)
 
-
-if __name__ == "__main__":
-  print(table_markdown())

@@ -1,4 +1,4 @@
-r"""Grid sweeps over learning rate x weight decay x seeds: ``python -m experiments.sweep``.
+r"""Grid sweeps over learning rate x weight decay x seeds: ``python -m experiments.tools.sweep``.
 
 Every grid point is an ordinary ``experiments.train`` run in
 ``OUT/lr<lr>_wd<wd>_s<seed>``, so a sweep is resumable: rerunning the same
@@ -15,7 +15,7 @@ paper's grid (alpha in {5e-5, 1e-4, 5e-4, 1e-3, 5e-3}, lambda in {0, 1e-5,
 
 Any other flag is passed to ``experiments.train`` unchanged, e.g.::
 
-  python -m experiments.sweep --lrs 5e-4,1e-3 --wds 0,5e-5,1e-4 --seeds 0,1 \
+  python -m experiments.tools.sweep --lrs 5e-4,1e-3 --wds 0,5e-5,1e-4 --seeds 0,1 \
       --out runs/sweep-r20 -- --model resnet20 --no-bn --optimizer adamw \
       --convention paper --epochs 300
 """
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import pathlib
 import sys
@@ -33,7 +32,10 @@ import sys
 import numpy as np
 
 from experiments import train
-from experiments.checkpoint import atomic_write_bytes, atomic_write_text
+from experiments.config import ConfigError
+from experiments.configs import resolve
+from experiments.files import write_figure, write_json, write_text
+from experiments.training.loop import NonFiniteLoss, run
 
 
 def _floats(text: str) -> list[float]:
@@ -64,7 +66,7 @@ def write_csv(path: pathlib.Path, rows: list[dict]) -> None:
   w.writeheader()
   for r in rows:
     w.writerow(r)
-  atomic_write_text(path, buf.getvalue())
+  write_text(path, buf.getvalue())
 
 
 def write_heatmap(path: pathlib.Path, rows: list[dict], lrs, wds, title: str) -> None:
@@ -96,16 +98,13 @@ def write_heatmap(path: pathlib.Path, rows: list[dict], lrs, wds, title: str) ->
   fig.colorbar(im, ax=ax, label="final test error")
   ax.set_title(title, fontsize=9)
   fig.tight_layout()
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=120)
-  plt.close(fig)
-  atomic_write_bytes(path, buf.getvalue())
+  write_figure(path, fig)
 
 
 def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   p = argparse.ArgumentParser(
-      prog="python -m experiments.sweep", description=__doc__.split("\n")[0],
+      prog="python -m experiments.tools.sweep", description=__doc__.split("\n")[0],
       epilog="Flags after the sweep's own (optionally after --) go to experiments.train.")
   p.add_argument("--lrs", type=_floats, help="comma-separated learning rates")
   p.add_argument("--wds", type=_floats, help="comma-separated weight decays (in --convention units)")
@@ -116,7 +115,7 @@ def main(argv=None) -> int:
   if rest and rest[0] == "--":
     rest = rest[1:]
   if args.paper_grid:
-    from experiments.recipes import PAPER_ALPHAS, PAPER_LAMBDAS
+    from experiments.configs.recipes import PAPER_ALPHAS, PAPER_LAMBDAS
     lrs, wds = list(args.lrs or PAPER_ALPHAS), list(args.wds or PAPER_LAMBDAS)
     if "--convention" not in rest:
       rest += ["--convention", "paper"]
@@ -130,8 +129,8 @@ def main(argv=None) -> int:
   base = vars(train.build_parser().parse_args(rest))
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  atomic_write_text(out / "sweep.json", json.dumps(
-      {"lrs": lrs, "wds": wds, "seeds": args.seeds, "train_flags": rest}, indent=2) + "\n")
+  write_json(out / "sweep.json",
+             {"lrs": lrs, "wds": wds, "seeds": args.seeds, "train_flags": rest})
   rows = []
   total = len(lrs) * len(wds) * len(args.seeds)
   k = 0
@@ -144,13 +143,13 @@ def main(argv=None) -> int:
         flags.setdefault("init_seed", seed)  # one initialisation per seed across the grid
         print(f"[{k}/{total}] lr={lr:g} weight_decay={wd:g} seed={seed} -> {d}", flush=True)
         try:
-          cfg = train.resolve_config(flags)
-          summary = train.run(cfg)
+          cfg = resolve(flags)
+          summary = run(cfg)
           status = summary["status"]
-        except train.NonFiniteLoss as e:
+        except NonFiniteLoss as e:
           print(f"  diverged: {e}", flush=True)
           status, summary = "diverged", {}
-        except train.ConfigError as e:
+        except ConfigError as e:
           p.error(str(e))
         test_acc = summary.get("test_acc")
         best = summary.get("best_test_acc")

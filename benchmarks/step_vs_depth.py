@@ -1,8 +1,8 @@
 """Step time and compile time per ResNet depth, every step implementation vs PyTorch.
 
-Run as ``python -m experiments.step --profile-depths`` (see ``--help``). For
+Run as ``python -m benchmarks.step_vs_depth`` (see ``--help``). For
 each model (depth, BN on/off) it builds one train step per implementation
-(``experiments.step``) and the PyTorch peer (``benchmarks.torch_peer``, same
+(``experiments.steps.train_step``) and the PyTorch peer (``benchmarks.torch_peer``, same
 network, AdamW, with 1 and with 2 intra-op threads, in NCHW and in
 channels-last memory format), then times them
 interleaved (A B C A B C ...) on one fixed random batch, so that load from other
@@ -33,11 +33,8 @@ DEFAULT_FIGURE = "docs/figures/step_vs_depth.png"
 
 
 def _atomic_write_json(path: str, obj: Any) -> None:
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
+  from experiments.files import write_json
+  write_json(path, obj, indent=1, sort_keys=False)
 
 
 def _key(depth: int, bn: bool) -> str:
@@ -52,7 +49,7 @@ def measure_model(depth: int, bn: bool, impls: list[str], batch: int,
   from flax import nnx
 
   from experiments.models.resnet import ResNet
-  from experiments.step import create_train_state, make_train_step
+  from experiments.steps.train_step import create_train_state, make_train_step
 
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
@@ -215,17 +212,16 @@ def draw(results: dict, path: str) -> None:
       if load else results["machine"], fontsize=9)
   fig.tight_layout()
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}.png"
-  fig.savefig(tmp, dpi=110)
-  os.replace(tmp, path)
+  from experiments.files import write_figure
+  write_figure(path, fig, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(
-      prog="python -m experiments.step --profile-depths",
+      prog="python -m benchmarks.step_vs_depth",
       description=__doc__.split("\n\n")[0])
   p.add_argument("--profile-depths", action="store_true",
-                 help="(the mode flag that selects this tool)")
+                 help="(accepted for old command lines; does nothing)")
   p.add_argument("--depths", default="20,32,44,56,110",
                  help="no-BN depths (comma-separated 6n+2)")
   p.add_argument("--bn-depths", default="20,56", help="depths also run with BN")
@@ -259,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
   bad = [d for d in depths + bn_depths if d < 8 or (d - 2) % 6]
   if bad:
     p.error(f"depths must be 6n+2 (8, 14, 20, 32, 44, 56, 110, 218); got {bad}")
-  from experiments.step import IMPLS
+  from experiments.config import IMPLS
   impls = [i for i in a.impls.split(",") if i]
   try:
     unknown = [i for i in impls if parse_impl(i)[0] not in IMPLS
@@ -299,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.processor() or platform.machine()}, "
                    f"{os.cpu_count()} CPUs, jax {jax.__version__} "
                    f"{jax.default_backend()}",
-        "command": "python -m experiments.step " + " ".join(
+        "command": "python -m benchmarks.step_vs_depth " + " ".join(
             sys.argv[1:] if argv is None else argv),
         "models": {},
     }
@@ -339,3 +335,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
   raise SystemExit(main())
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -36,16 +36,18 @@ Independently, ``conv`` chooses who computes the convolutions:
 
 * ``"onednn"``: oneDNN's kernels (the library PyTorch uses on CPU) for the
   forward pass, the input gradient and the weight gradient, bound to XLA as
-  FFI custom calls (:mod:`experiments.onednn_conv`); 2-4x faster than
+  FFI custom calls (:mod:`experiments.kernels.onednn`); 2-4x faster than
   XLA:CPU's own convolutions on CIFAR shapes. CPU only.
 * ``"xla"``: XLA's convolutions. With them, ``conv_grad_chunk`` computes
   every weight gradient in chunks of a few images and sums them
-  (:mod:`experiments.fastconv`): XLA:CPU's whole-batch weight-gradient
+  (:mod:`experiments.kernels.fastconv`): XLA:CPU's whole-batch weight-gradient
   convolution was measured about 8x slower than the forward convolution on
   CIFAR shapes, chunks of 8 images remove most of that. It only changes the
   summation order.
-* ``"auto"``: ``"onednn"`` on CPU on one device when its kernels build here,
-  else ``"xla"`` (with chunks of 8 on CPU for the fast implementations).
+* ``"auto"``: ``"onednn"`` on CPU on one device when its kernels are
+  already built (``python -m experiments.kernels build``; ``auto`` never
+  compiles), else ``"xla"`` (with chunks of 8 on CPU for the fast
+  implementations). ``"onednn"`` builds them on first use, saying so.
 
 Data parallelism: pass a ``jax.sharding.Mesh`` with an axis ``"data"``; the
 batch is sharded along it and the state replicated, and XLA inserts the
@@ -59,7 +61,7 @@ Example:
   >>> import numpy as np, optax
   >>> from flax import nnx
   >>> from experiments.models.resnet import ResNet
-  >>> from experiments.step import create_train_state, make_train_step
+  >>> from experiments.steps.train_step import create_train_state, make_train_step
   >>> model = ResNet(8, 10, use_bn=False, rngs=nnx.Rngs(0))
   >>> tx = optax.adamw(1e-3, weight_decay=1e-4)
   >>> state = create_train_state(model, tx, seed=0)
@@ -82,15 +84,11 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from experiments import onednn_conv
-from experiments.fastconv import with_chunked_wgrad
+from experiments.config import CONVS, IMPLS
+from experiments.input_pipeline.augment import augment, normalize
+from experiments.kernels import onednn as onednn_conv
+from experiments.kernels.fastconv import with_chunked_wgrad
 
-# CIFAR-10 per-channel statistics of the training set (images in [0, 1]).
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
-
-IMPLS = ("auto", "plain", "nofusion", "blockwise")
-CONVS = ("auto", "xla", "onednn")
 # Best measured strategy per backend and convolution kind, keyed by
 # (backend, conv, use_bn) (docs/results/step_vs_depth.json). Disabling fusion is
 # only ever considered on CPU. With oneDNN convolutions and BatchNorm, fusion
@@ -101,7 +99,7 @@ AUTO_IMPL = {("cpu", "xla", False): "nofusion", ("cpu", "xla", True): "nofusion"
              ("cpu", "onednn", False): "nofusion",
              ("cpu", "onednn", True): "blockwise"}
 # Images per chunk of the convolution weight gradients under "auto" on CPU
-# (experiments/fastconv.py; 8 measured fastest of 4, 8, 16, 32 for ResNet-20).
+# (experiments/kernels/fastconv.py; 8 measured fastest of 4, 8, 16, 32 for ResNet-20).
 AUTO_CONV_GRAD_CHUNK = 8
 _DEFAULT_IMPL = "plain"
 
@@ -123,34 +121,6 @@ class TrainState(NamedTuple):
   opt_state: Any
   step: jax.Array
   rng: jax.Array
-
-
-# ----------------------------------------------------------------- augmentation
-
-
-def normalize(images: jax.Array) -> jax.Array:
-  """uint8/float images in [0, 255] -> float32, per-channel standardised."""
-  x = images.astype(jnp.float32) / 255.0
-  return (x - jnp.asarray(CIFAR_MEAN)) / jnp.asarray(CIFAR_STD)
-
-
-def augment(rng: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
-  """Random crop of the ``pad``-zero-padded image and random horizontal flip.
-
-  ``images``: (B, H, W, C) uint8. Returns normalised float32 (B, H, W, C).
-  Padding is applied to the raw pixels (zeros = black), as torchvision's
-  ``RandomCrop(32, padding=4)`` does before ``Normalize``.
-  """
-  b, h, w, c = images.shape
-  k_crop, k_flip = jax.random.split(rng)
-  offsets = jax.random.randint(k_crop, (b, 2), 0, 2 * pad + 1)
-  padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  crops = jax.vmap(
-      lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c))
-  )(padded, offsets)
-  flip = jax.random.bernoulli(k_flip, 0.5, (b,))
-  crops = jnp.where(flip[:, None, None, None], crops[:, :, ::-1, :], crops)
-  return normalize(crops)
 
 
 def _step_key(state: TrainState) -> jax.Array:
@@ -387,10 +357,10 @@ def make_train_step(
       module docstring).
     conv: ``"auto"``, ``"onednn"`` or ``"xla"``: who computes the
       convolutions (see the module docstring). ``"onednn"`` raises
-      :class:`experiments.onednn_conv.OneDNNUnavailable`, naming the fix,
+      :class:`experiments.kernels.onednn.OneDNNUnavailable`, naming the fix,
       when its kernels cannot be built here.
     conv_grad_chunk: with XLA's convolutions, images per chunk of the
-      weight gradients (:mod:`experiments.fastconv`), ``None``/0 for XLA's
+      weight gradients (:mod:`experiments.kernels.fastconv`), ``None``/0 for XLA's
       whole-batch one, or ``"auto"``: 8 on CPU for the fast implementations
       without a multi-device mesh, else off (``impl="plain"`` is never
       chunked by ``"auto"``: it is the reference).
@@ -665,20 +635,8 @@ class _BlockwiseStep:
 
 
 __all__ = [
-    "AUTO_IMPL", "CIFAR_MEAN", "CIFAR_STD", "CONVS", "IMPLS", "TrainState", "augment",
-    "create_train_state", "make_eval_step", "make_train_step", "normalize",
+    "AUTO_IMPL", "CONVS", "IMPLS", "TrainState",
+    "create_train_state", "make_eval_step", "make_train_step",
     "state_to_model",
 ]
 
-
-if __name__ == "__main__":
-  import sys
-
-  if "--profile-depths" not in sys.argv[1:]:
-    sys.exit(
-        "usage: python -m experiments.step --profile-depths [--help]\n"
-        "(times every step implementation against PyTorch per ResNet depth)"
-    )
-  from experiments.step_profile import main
-
-  sys.exit(main())

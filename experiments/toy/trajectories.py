@@ -22,7 +22,7 @@ momentum and with Nesterov momentum, AdaGrad, RMSProp, Adam (all
 (small decay: they settle slightly off the minimum of ``f``), and momentum
 with ``proxopt.step_decay`` (one schedule drives the whole step).
 
-Run ``python -m experiments.trajectories [--out DIR] [--steps N]``: writes
+Run ``python -m experiments.toy.trajectories [--out DIR] [--steps N]``: writes
 ``DIR/trajectories.png`` (paths over contours, and ``f - f*`` per step) and
 ``DIR/trajectories.json`` (final loss of each path, ``null`` and
 ``"diverged": true`` when it blew up), and prints the table. Default
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -45,6 +44,7 @@ import numpy as np
 import optax
 
 import proxopt
+from experiments.files import write_figure, write_json
 
 KAPPA = 50.0
 DIVERGED = 1e6  # |f - f*| above this (or non-finite) counts as diverged
@@ -292,23 +292,16 @@ def plot(results: dict[str, Any], path: str) -> None:
   fig.suptitle(f"Optimizer paths, {steps} steps each (dot = start; a diverging "
                "path is drawn until it leaves the box)", fontsize=13)
   fig.tight_layout(rect=(0, 0.045, 1, 0.98))
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=80, pil_kwargs={"optimize": True})
-  plt.close(fig)
-  os.replace(tmp, path)
+  write_figure(path, fig, dpi=80, pil_kwargs={"optimize": True})
 
 
 def _write_json(obj: Any, path: str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-    f.write("\n")
-  os.replace(tmp, path)
+  write_json(path, obj, indent=1, sort_keys=False)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser = argparse.ArgumentParser(
-      prog="python -m experiments.trajectories",
+      prog="python -m experiments.toy.trajectories",
       description=__doc__.split("\n\n")[0],
   )
   parser.add_argument("--out", default=os.path.join("docs", "figures"),

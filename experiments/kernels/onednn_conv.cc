@@ -177,12 +177,12 @@ ffi::Error BwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g, ffi::Res
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ProxoptConvFwd, Fwd,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(experiments_onednn_conv_fwd, Fwd,
     ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
         .Ret<ffi::Buffer<ffi::F32>>().Attr<ffi::Span<const int64_t>>("geometry"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ProxoptConvBwdData, BwdData,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(experiments_onednn_conv_bwd_data, BwdData,
     ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
         .Ret<ffi::Buffer<ffi::F32>>().Attr<ffi::Span<const int64_t>>("geometry"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ProxoptConvBwdWeights, BwdWeights,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(experiments_onednn_conv_bwd_weights, BwdWeights,
     ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
         .Ret<ffi::Buffer<ffi::F32>>().Attr<ffi::Span<const int64_t>>("geometry"));

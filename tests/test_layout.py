@@ -1,0 +1,159 @@
+"""The experiments' architecture as assertions: the import graph of
+experiments/ and benchmarks/ (every import, also those inside functions) has
+no cycle, the dependencies point one way, and nothing in experiments/ writes
+result files except through experiments.files."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import re
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PACKAGES = ("experiments", "benchmarks")
+
+
+def _modules() -> dict[str, pathlib.Path]:
+  mods = {}
+  for pkg in PACKAGES:
+    for path in sorted((ROOT / pkg).rglob("*.py")):
+      parts = list(path.relative_to(ROOT).with_suffix("").parts)
+      if parts[-1] == "__init__":
+        parts = parts[:-1]
+      mods[".".join(parts)] = path
+  return mods
+
+
+MODULES = _modules()
+
+
+def _resolve(name: str) -> str | None:
+  """The module of ours that importing ``name`` runs (None: a library)."""
+  while name and name not in MODULES:
+    name = name.rpartition(".")[0]
+  return name or None
+
+
+def _imports(module: str, path: pathlib.Path) -> set[str]:
+  out = set()
+  is_pkg = path.name == "__init__.py"
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom):
+      base = node.module or ""
+      if node.level:
+        anchor = module.split(".") if is_pkg else module.split(".")[:-1]
+        anchor = anchor[:len(anchor) - node.level + 1]
+        base = ".".join(anchor + ([base] if base else []))
+      names = [f"{base}.{a.name}" for a in node.names] + [base]
+    else:
+      continue
+    for n in names:
+      target = _resolve(n)
+      if target and target != module:
+        out.add(target)
+  return out
+
+
+GRAPH = {m: _imports(m, p) for m, p in MODULES.items()}
+
+
+def _find_cycle(graph) -> list[str] | None:
+  color, stack = {}, []
+
+  def visit(m):
+    color[m] = "grey"
+    stack.append(m)
+    for n in sorted(graph[m]):
+      if color.get(n) == "grey":
+        return stack[stack.index(n):] + [n]
+      if n not in color:
+        found = visit(n)
+        if found:
+          return found
+    stack.pop()
+    color[m] = "black"
+    return None
+
+  for m in sorted(graph):
+    if m not in color:
+      found = visit(m)
+      if found:
+        return found
+  return None
+
+
+def test_graph_is_not_empty():
+  assert "experiments.training.loop" in GRAPH
+  assert "experiments.input_pipeline.datasets" in GRAPH["experiments.training.loop"] or \
+      "experiments.input_pipeline" in GRAPH["experiments.training.loop"]
+
+
+def test_cycle_finder_finds_a_cycle():
+  assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+  assert _find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycles():
+  cycle = _find_cycle(GRAPH)
+  assert cycle is None, " -> ".join(cycle)
+
+
+def test_experiments_never_import_benchmarks():
+  bad = {m: sorted(t for t in ts if t.startswith("benchmarks"))
+         for m, ts in GRAPH.items() if m.startswith("experiments")}
+  assert not {m: t for m, t in bad.items() if t}
+
+
+def _reach(start: str) -> set[str]:
+  seen, todo = set(), [start]
+  while todo:
+    m = todo.pop()
+    for n in GRAPH[m]:
+      if n not in seen:
+        seen.add(n)
+        todo.append(n)
+  return seen
+
+
+@pytest.mark.parametrize("layer,forbidden", [
+    ("experiments.models", ("experiments.training", "experiments.steps",
+                            "experiments.input_pipeline", "experiments.kernels")),
+    ("experiments.input_pipeline", ("experiments.training", "experiments.steps",
+                                    "experiments.kernels", "experiments.models")),
+    ("experiments.kernels", ("experiments.training", "experiments.steps")),
+    ("experiments.steps", ("experiments.training",)),
+    ("experiments.training", ("experiments.study", "experiments.tools",
+                              "experiments.toy", "experiments.compare")),
+    ("experiments.toy", ("experiments.training", "experiments.steps")),
+])
+def test_layers_point_one_way(layer, forbidden):
+  for m in [m for m in GRAPH if m == layer or m.startswith(layer + ".")]:
+    bad = sorted(t for t in _reach(m) if t.startswith(forbidden))
+    assert not bad, f"{m} reaches {bad}"
+
+
+# (Appending a subprocess's log is not writing a result file.)
+_OWN_WRITES = re.compile(r"os\.replace\(|\.savefig\(|open\([^)]*['\"]wb?['\"]")
+
+
+def test_one_writer_of_result_files():
+  offenders = []
+  for m, path in MODULES.items():
+    if m in ("experiments.files",) or m.startswith("experiments.kernels"):
+      continue  # kernels: the compiled .so goes through the compiler's -o
+    text = path.read_text()
+    if _OWN_WRITES.search(text):
+      offenders.append(m)
+  assert not offenders, f"write result files through experiments.files: {offenders}"
+
+
+def test_top_level_shows_the_layout():
+  entries = sorted(p.name for p in (ROOT / "experiments").iterdir()
+                   if not p.name.startswith(("_", ".")) and p.name != "sample")
+  assert entries == sorted([
+      "compare.py", "config.py", "configs", "files.py", "input_pipeline", "kernels",
+      "models", "steps", "study", "tools", "toy", "train.py", "training"]), entries
