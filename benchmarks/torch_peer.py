@@ -9,7 +9,7 @@ kaiming-normal (fan-in, ReLU gain) init of convs and of the head's weights
 with a zero head bias (as ``experiments.models.resnet``), optional BatchNorm (``bn=False``
 removes the BN layers and nothing else), global average pooling and a dense
 head. The train step is forward, softmax cross-entropy, backward and one
-``torch.optim`` Adam/AdamW step, i.e. what ``experiments.step`` does in JAX.
+``torch.optim`` Adam/AdamW step, i.e. what ``experiments.steps.train_step`` does in JAX.
 
 Used by ``python -m benchmarks.train_step`` as the reference speed, and
 importable by anyone who needs the PyTorch model (``make_resnet``).

@@ -430,7 +430,7 @@ def assert_scale_free(
     rtol: float | None = None,
     rescaled_optimizer: optax.GradientTransformation | None = None,
 ) -> ScaleFreeReport:
-  """Asserts that rescaling gradients by ``scales`` leaves the iterates alone.
+  r"""Asserts that rescaling gradients by ``scales`` leaves the iterates alone.
 
   The pass/fail form of :func:`scale_free_report`, for test suites:
 

@@ -1,6 +1,8 @@
-"""Tests of experiments.onednn_conv: the oneDNN convolutions equal XLA's
+"""Tests of experiments.kernels.onednn: the oneDNN convolutions equal XLA's
 (forward, input and weight gradients), fall back to lax where unsupported,
-work under jit/vmap, and fail with an actionable message when unavailable."""
+work under jit/vmap, fail with an actionable message when unavailable, and
+are compiled only when asked for (here: by the `onednn` fixture, on first use,
+never at collection)."""
 
 from __future__ import annotations
 
@@ -13,12 +15,22 @@ import numpy as np
 import pytest
 from jax import lax
 
-from experiments import onednn_conv
+from experiments.kernels import onednn as onednn_conv
 
 DN = ("NHWC", "HWIO", "NHWC")
-needs_onednn = pytest.mark.skipif(
-    not onednn_conv.available(),
-    reason=f"oneDNN kernels unavailable: {onednn_conv.unavailable_reason()}")
+
+
+@pytest.fixture(scope="module")
+def onednn():
+  """Builds the kernels (once, cached) or skips saying why they cannot be."""
+  try:
+    onednn_conv.require()
+  except onednn_conv.OneDNNUnavailable as e:
+    pytest.skip(str(e))
+  return onednn_conv
+
+
+needs_onednn = pytest.mark.usefixtures("onednn")
 
 
 @pytest.mark.skipif(
@@ -26,11 +38,12 @@ needs_onednn = pytest.mark.skipif(
     reason="the onednn-cpu-gomp wheel is only installed on x86-64 Linux")
 def test_kernels_build_on_x86_linux():
   # pyproject installs oneDNN here, so the fast path must not silently vanish.
+  onednn_conv.require()
   assert onednn_conv.available(), onednn_conv.unavailable_reason()
 
 
 def _custom_calls(f, *args):
-  return jax.jit(f).lower(*args).as_text().count("ProxoptConv")
+  return jax.jit(f).lower(*args).as_text().count("experiments_onednn_conv_")
 
 
 def _close(got, ref, tol=2e-5):
@@ -126,7 +139,7 @@ def test_missing_onednn_names_the_fix(monkeypatch, tmp_path):
   monkeypatch.setattr(onednn_conv, "_onednn_roots", lambda: [tmp_path])
   with pytest.raises(onednn_conv.OneDNNUnavailable, match="pip install onednn-cpu-gomp"):
     onednn_conv._find_onednn()
-  monkeypatch.setattr(onednn_conv, "_load", lambda: "oneDNN headers and library not found")
+  monkeypatch.setattr(onednn_conv, "_load_built", lambda: "oneDNN headers and library not found")
   assert not onednn_conv.available()
   with pytest.raises(onednn_conv.OneDNNUnavailable, match="not found"):
     onednn_conv.require()
@@ -138,15 +151,39 @@ def test_missing_onednn_names_the_fix(monkeypatch, tmp_path):
 
 @needs_onednn
 def test_build_is_cached_and_failed_builds_leave_nothing(monkeypatch, tmp_path):
-  monkeypatch.setenv("PROXOPT_CACHE_DIR", str(tmp_path))
+  monkeypatch.setenv("EXPERIMENTS_CACHE_DIR", str(tmp_path))
   first = onednn_conv.build()
   mtime = first.stat().st_mtime_ns
   assert onednn_conv.build() == first and first.stat().st_mtime_ns == mtime
   # A compiler that fails: a clear error with its output, no partial file.
   bad = tmp_path / "bad"
   bad.mkdir()
-  monkeypatch.setenv("PROXOPT_CACHE_DIR", str(bad))
+  monkeypatch.setenv("EXPERIMENTS_CACHE_DIR", str(bad))
   monkeypatch.setenv("CXX", "false")
   with pytest.raises(onednn_conv.OneDNNUnavailable, match="building onednn_conv.cc failed"):
     onednn_conv.build()
   assert list(bad.iterdir()) == []
+
+
+def test_auto_never_compiles(monkeypatch, tmp_path):
+  """With an empty cache, available() is False and says how to build, the
+  cache stays empty, and conv='auto' runs XLA's convolutions."""
+  import optax
+  from flax import nnx
+  from experiments.models.resnet import ResNet
+  from experiments.steps.train_step import make_train_step
+  monkeypatch.setenv("EXPERIMENTS_CACHE_DIR", str(tmp_path))
+  onednn_conv._load_built.cache_clear()
+  try:
+    assert not onednn_conv.available()
+    assert "python -m experiments.kernels build" in onednn_conv.unavailable_reason()
+    model = ResNet(8, 10, use_bn=False, rngs=nnx.Rngs(0))
+    assert make_train_step(model, optax.sgd(0.1)).conv == "xla"
+    assert list(tmp_path.iterdir()) == []
+  finally:
+    onednn_conv._load_built.cache_clear()
+
+
+def test_cache_and_targets_are_the_experiments_own():
+  assert "proxopt-experiments" in str(onednn_conv.cache_dir())
+  assert all(t.startswith("experiments_onednn_") for t in onednn_conv._TARGETS.values())

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import train
+from experiments.config import Config
 from experiments.configs.recipes import get_recipe
 from experiments.study import report as reproduce_report
 from experiments.study import runner
@@ -18,7 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _resolved(run, scale="cpu", runs_dir=pathlib.Path("/tmp/r")):
-  return train.config_from_argv(run.flags(scale, runs_dir))
+  return train.config_from_argv(run.flags(scale, runs_dir)).to_dict()
 
 
 def test_study_covers_the_issue_and_uses_the_paper_settings():
@@ -39,7 +40,7 @@ def test_study_covers_the_issue_and_uses_the_paper_settings():
     assert cfg["out"].endswith(f"{run.part}/{run.name}")
     # The optax coefficient is lambda/alpha for the decoupled optimizers.
     want = rec.paper_lambda if rec.optimizer == "adam_l2" else rec.paper_lambda / rec.paper_alpha
-    assert optax_weight_decay(cfg) == pytest.approx(want, rel=1e-12)
+    assert optax_weight_decay(Config.from_dict(cfg)) == pytest.approx(want, rel=1e-12)
   depth = {(get_recipe(r.recipe).model, get_recipe(r.recipe).optimizer)
            for r in runs if r.part == "depth"}
   assert depth == {(m, o) for m in reproduce.SCALES["cpu"]["depths"] for o in reproduce.OPTIMIZERS}
@@ -138,7 +139,7 @@ def test_collect_tables_equal_numpy_and_render(tmp_path):
 
 
 def test_collect_without_runs_says_what_to_do(tmp_path):
-  with pytest.raises(SystemExit, match="reproduce run --scale smoke"):
+  with pytest.raises(SystemExit, match="study run --scale smoke"):
     reproduce_report.collect("smoke", tmp_path, tmp_path / "r.json", tmp_path / "f")
 
 

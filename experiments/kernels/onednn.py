@@ -184,6 +184,9 @@ def build(log=None) -> Path:
   return out
 
 
+_REGISTERED: set[str] = set()
+
+
 @functools.lru_cache(maxsize=None)
 def _load_built() -> str:
   """Loads and registers an already built library; '' on success, else why not."""
@@ -198,8 +201,10 @@ def _load_built() -> str:
   except (OneDNNUnavailable, OSError) as e:
     return str(e)
   for name in _TARGETS.values():
-    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(so, name)),
-                                platform="cpu")
+    if name not in _REGISTERED:  # once per process, whichever cache it came from
+      jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(so, name)),
+                                  platform="cpu")
+      _REGISTERED.add(name)
   return ""
 
 
@@ -225,7 +230,7 @@ def require() -> None:
       build()
     except OneDNNUnavailable as e:
       raise OneDNNUnavailable(f"oneDNN convolutions unavailable: {e}") from None
-    _load_built.cache_clear()
+    getattr(_load_built, "cache_clear", lambda: None)()
   reason = _load_built()
   if reason:
     raise OneDNNUnavailable(f"oneDNN convolutions unavailable: {reason}")

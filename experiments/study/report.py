@@ -226,7 +226,7 @@ def render_conditioning(cond: dict) -> str:
   """The conditioning study's tables (``docs/results/conditioning.json``)."""
   from experiments.toy.conditioning import format_table
   kappas = cond["config"]["kappas"]
-  out = ["### Conditioning study (`python -m experiments.conditioning`)", ""]
+  out = ["### Conditioning study (`python -m experiments.toy.conditioning`)", ""]
   for problem, studies in cond["problems"].items():
     for study, table in studies.items():
       out += ["```", format_table(f"{problem} / {study}", table, kappas), "```", ""]

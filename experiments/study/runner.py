@@ -17,15 +17,15 @@ import subprocess
 import sys
 import time
 
-from experiments.study import report
-from experiments.study.spec import ROOT, SCALES, Run, _status, study
+from experiments.study import report, spec
+from experiments.study.spec import ROOT, Run, _status, study
 
 
 def run_all(scale: str, runs_dir: pathlib.Path, workers: int, pin: bool,
             only: str | None = None) -> int:
   """Runs the study with ``workers`` processes; returns the number of failures."""
   runs = [r for r in study(scale) if only is None or r.part == only]
-  epochs = SCALES[scale]["epochs"]
+  epochs = spec.SCALES[scale]["epochs"]
   todo = [r for r in runs
           if _status(runs_dir / r.part / r.name, epochs) not in ("complete", "diverged")]
   print(f"{len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to go "
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
   sub = p.add_subparsers(dest="cmd", required=True)
   for name in ("run", "collect", "commands"):
     s = sub.add_parser(name)
-    s.add_argument("--scale", choices=sorted(SCALES), default="cpu")
+    s.add_argument("--scale", choices=sorted(spec.SCALES), default="cpu")
     s.add_argument("--runs-dir", default=None,
                    help="run directories (default runs/reproduce-<scale>)")
     s.add_argument("--epochs", type=int, default=None,
@@ -92,9 +92,9 @@ def main(argv=None) -> int:
     if args.epochs < 1:
       p.error(f"--epochs must be >= 1, got {args.epochs}.")
     # Every helper reads the protocol from SCALES: override it for this process.
-    SCALES[args.scale] = dict(SCALES[args.scale], epochs=args.epochs)
+    spec.SCALES[args.scale] = dict(spec.SCALES[args.scale], epochs=args.epochs)
   if args.dataset is not None:
-    SCALES[args.scale] = dict(SCALES[args.scale], dataset=args.dataset)
+    spec.SCALES[args.scale] = dict(spec.SCALES[args.scale], dataset=args.dataset)
   runs_dir = pathlib.Path(args.runs_dir or ROOT / "runs" / f"reproduce-{args.scale}")
   if args.cmd == "commands":
     for r in study(args.scale):

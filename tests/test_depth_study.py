@@ -1,0 +1,93 @@
+"""Tests of the depth study's definition (experiments.study.depth): the grid,
+the selection on validation, the runs it plans from a partial record, the
+exported record and the resolved training configs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from experiments import train
+from experiments.study import depth
+
+
+def _record(results, run, val_acc, status="complete", val_loss=1.0):
+  results.mkdir(parents=True, exist_ok=True)
+  (results / f"{run.name}.json").write_text(json.dumps(
+      {"status": status, "final": {"val_acc": val_acc, "val_loss": val_loss}}))
+
+
+def test_grid_is_two_by_two_per_optimizer_on_the_grid_model():
+  p = depth.PROTOCOLS["cpu"]
+  grid = depth.grid_runs(p)
+  assert len(grid) == len({r.name for r in grid}) == 12
+  for opt in depth.OPTIMIZERS:
+    pts = {(r.lr, r.lam) for r in grid if r.optimizer == opt}
+    assert pts == {(a, l) for a in p.alphas for l in p.lambda_grid(opt)}
+  assert {(r.model, r.seed, r.use_bn) for r in grid} == {("resnet20", 0, False)}
+
+
+def test_flags_resolve_to_the_protocol(tmp_path):
+  p = depth.PROTOCOLS["cpu"]
+  run = depth.DepthRun("final", "resnet56", "adamw", 1e-3, 5e-3, 1)
+  cfg = train.config_from_argv(run.flags(p, tmp_path))
+  assert (cfg.model, cfg.use_bn, cfg.optimizer, cfg.lr, cfg.weight_decay) == (
+      "resnet56", False, "adamw", 1e-3, 5e-3)
+  assert (cfg.convention, cfg.schedule, cfg.epochs, cfg.zero_init_residual) == (
+      "paper", "cosine_epoch", 30, True)
+  assert (cfg.train_subset, cfg.val_size, cfg.test_subset) == (10_000, 2_000, 2_000)
+  assert cfg.seed == cfg.init_seed == 1 and cfg.out == str(tmp_path / run.name)
+
+
+def test_selection_uses_validation_and_plans_the_next_stage(tmp_path):
+  p = depth.PROTOCOLS["cpu"]
+  res = tmp_path / "rec"
+  assert depth.select(p, res) == {}
+  assert depth.planned(p, res) == depth.grid_runs(p)  # nothing but the grid yet
+  adamw = [r for r in depth.grid_runs(p) if r.optimizer == "adamw"]
+  for i, r in enumerate(adamw):
+    # The best validation accuracy belongs to a diverged run: it ranks last.
+    _record(res, r, val_acc=[0.5, 0.6, 0.9, 0.55][i],
+            status="diverged" if i == 2 else "complete")
+  assert depth.select(p, res) == {"adamw": (adamw[1].lr, adamw[1].lam)}
+  extra = depth.planned(p, res)[12:]
+  # ResNet-20 seed 0 at the chosen point is the grid run itself: not planned twice.
+  assert [(r.stage, r.model, r.seed, r.use_bn) for r in extra] == [
+      ("final", "resnet56", 0, False), ("bn", "resnet20", 0, True),
+      ("final", "resnet20", 1, False), ("final", "resnet56", 1, False),
+      ("bn", "resnet20", 1, True)]
+  assert all((r.optimizer, r.lr, r.lam) == ("adamw", adamw[1].lr, adamw[1].lam) for r in extra)
+  # Ties on accuracy go to the lower validation loss.
+  for i, r in enumerate(adamw):
+    _record(res, r, val_acc=0.5, val_loss=[2.0, 1.0, 3.0, 0.5][i])
+  assert depth.select(p, res)["adamw"] == (adamw[3].lr, adamw[3].lam)
+
+
+def test_export_writes_the_record_of_a_finished_run_only(tmp_path):
+  p = depth.PROTOCOLS["smoke"]
+  run = depth.grid_runs(p)[0]
+  d = tmp_path / "runs" / run.name
+  d.mkdir(parents=True)
+  (d / "resolved_config.json").write_text(json.dumps({"model": run.model}))
+  rows = [{"epoch": e, "train_loss": 2.0 / e, "val_acc": 0.1 * e, "update_log2_hist": [e, 1]}
+          for e in (1, 2)]
+  (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  assert depth.export(run, p, tmp_path / "runs", tmp_path / "rec") is None  # no summary yet
+  (d / "summary.json").write_text(json.dumps({"status": "complete", "val_acc": 0.2,
+                                              "test_acc": 0.3, "epochs": 2}))
+  path = depth.export(run, p, tmp_path / "runs", tmp_path / "rec")
+  rec = json.loads(path.read_text())
+  assert rec["curves"]["train_loss"] == [2.0, 1.0] and rec["curves"]["val_acc"] == [0.1, 0.2]
+  assert rec["final"]["test_acc"] == 0.3 and rec["final_update_hist"]["update_log2_hist"] == [2, 1]
+  assert rec["run"] == dataclasses.asdict(run) and depth.load_result(run.name, tmp_path / "rec")
+
+
+@pytest.mark.slow
+def test_smoke_study_runs_end_to_end(tmp_path):
+  res = tmp_path / "rec"
+  p = dataclasses.replace(depth.PROTOCOLS["smoke"], epochs=1, train_subset=256)
+  assert depth.run_study(p, tmp_path / "runs", workers=2, pin=False, results=res,
+                         max_runs=2) == 0
+  assert len(list(res.glob("*.json"))) == 2
