@@ -17,6 +17,7 @@ import sys
 from experiments.config import (
     BUDGETS, CONVS, IMPLS, OPTIMIZERS, SCHEDULES, Config, ConfigError)
 from experiments.configs import resolve
+from experiments.kernels.onednn import OneDNNUnavailable
 from experiments.models import MODELS
 from experiments.training.loop import NonFiniteLoss, run, write_failure
 
@@ -125,6 +126,9 @@ def main(argv=None) -> int:
     write_failure(cfg, str(e))
     print(f"error: {e}", file=sys.stderr)
     return 3
+  except OneDNNUnavailable as e:  # --conv onednn on a machine that cannot build it
+    print(f"error: {e} Or pass --conv xla.", file=sys.stderr)
+    return 2
   except ValueError as e:  # bad dataset folders, checkpoint mismatch, ...
     print(f"error: {e}", file=sys.stderr)
     return 2

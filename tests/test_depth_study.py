@@ -91,3 +91,60 @@ def test_smoke_study_runs_end_to_end(tmp_path):
   assert depth.run_study(p, tmp_path / "runs", workers=2, pin=False, results=res,
                          max_runs=2) == 0
   assert len(list(res.glob("*.json"))) == 2
+
+
+def _fake_records(tmp_path):
+  """A complete fake study: grid (val acc favours alpha 1e-3, lambda 5e-3),
+  then the selected point on resnet20/56 for seeds 0, 1 and the BN control."""
+  p = depth.PROTOCOLS["cpu"]
+  res = tmp_path / "rec"
+  res.mkdir()
+  proto = dataclasses.asdict(p)
+  def write(run, test_acc, train_loss, status="complete"):
+    rec = {"run": dataclasses.asdict(run), "protocol": proto, "status": status,
+           "final": {"val_acc": 0.5 + run.lr * 10 + run.lam, "val_loss": 1.0,
+                     "test_acc": test_acc, "train_loss": train_loss, "wall_seconds": 600.0},
+           "curves": {"train_loss": [2.0, train_loss], "test_acc": [0.2, test_acc]},
+           "final_update_hist": {"update_log2_hist": [0, 2, 4, 2, 0],
+                                 "update_log2_edges": [-10.0, 0.0]}}
+    (res / f"{run.name}.json").write_text(json.dumps(rec))
+  base = {"adam_l2": 0.50, "adamw": 0.60, "adamprox": 0.61}
+  for r in depth.grid_runs(p):
+    write(r, base[r.optimizer] - 0.01, 1.0)
+  for r in depth.planned(p, res)[12:]:
+    depth_drop = 0.1 if r.model == "resnet56" and r.optimizer == "adam_l2" else 0.0
+    write(r, base[r.optimizer] - depth_drop + 0.01 * r.seed, 1.0 + depth_drop)
+  return p, res
+
+
+def test_report_tables_pair_seeds_and_figures(tmp_path):
+  from experiments.study import depth_report as rep
+  p, res = _fake_records(tmp_path)
+  records = rep.load_records(res)
+  assert len(records) == 12 + 3 * 3 + 3 * 2  # grid, finals (the grid run is R20 seed 0), BN
+  s = rep.summarize(records)
+  assert s["selected"] == {o: [1e-3, 5e-3] for o in depth.OPTIMIZERS}
+  c = s["cells"]["nobn/resnet56/adam_l2"]
+  assert c["seeds"] == [0, 1] and c["test_acc"]["mean"] == pytest.approx(0.405)
+  # R20 seed 0 is the selected grid run (test 0.49), seed 1 the final run (0.51).
+  assert s["cells"]["nobn/resnet20/adam_l2"]["test_acc"]["values"] == pytest.approx([0.49, 0.51])
+  gap56 = next(x for x in s["pairs"] if (x["bn"], x["model"], x["a"]) == ("nobn", "resnet56", "adamw"))
+  assert gap56["test_acc"]["values"] == pytest.approx([0.2, 0.2])
+  assert gap56["train_loss"]["values"] == pytest.approx([-0.1, -0.1])
+  assert s["core_hours"] == pytest.approx(len(records) * 600 / 3600)
+  assert c["update_iqr"]["mean"] == pytest.approx(rep._iqr_octaves(
+      {"update_log2_hist": [0, 2, 4, 2, 0], "update_log2_edges": [-10.0, 0.0]}))
+  md = rep.render(s, dataclasses.asdict(p))
+  assert "| without | resnet56 | AdamW − Adam-L2 | 20.0 ± 0.0 (n=2) | +20.0, +20.0 |" in md
+  assert md.count("**yes**") == 3
+  paths = rep.figures(records, tmp_path / "fig")
+  assert [x.name for x in paths] == ["depth_curves.png", "depth_gap.png", "depth_hist.png"]
+
+
+def test_committed_depth_report_is_traceable():
+  from experiments.study import depth_report as rep
+  md = depth.ROOT / "docs" / "results" / "depth_study.md"
+  if not md.exists():
+    pytest.skip("the depth study's report is not committed yet")
+  records = rep.load_records(depth.RESULTS)
+  assert md.read_text() == rep.render(rep.summarize(records), records[0]["protocol"])

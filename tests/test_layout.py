@@ -157,3 +157,26 @@ def test_top_level_shows_the_layout():
   assert entries == sorted([
       "compare.py", "config.py", "configs", "files.py", "input_pipeline", "kernels",
       "models", "steps", "study", "tools", "toy", "train.py", "training"]), entries
+
+
+def _documented_commands() -> set[tuple[str, str]]:
+  docs = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+  found = set()
+  for path in docs:
+    if "_build" in path.parts:
+      continue
+    for m in re.finditer(r"python -m ((?:experiments|benchmarks)(?:\.\w+)*)", path.read_text()):
+      found.add((str(path.relative_to(ROOT)), m.group(1)))
+  return found
+
+
+@pytest.mark.parametrize("where, module", sorted(_documented_commands()))
+def test_every_documented_command_is_a_runnable_module(where, module):
+  """`python -m X` in the README or the docs names a module with a main (or a
+  package with a __main__), so no command is left pointing at a moved file."""
+  path = MODULES.get(module)
+  assert path is not None, f"{where}: `python -m {module}`: no such module"
+  if path.name == "__init__.py":
+    assert (path.parent / "__main__.py").exists(), f"{where}: {module} has no __main__"
+  else:
+    assert "__main__" in path.read_text(), f"{where}: {module} has no main"

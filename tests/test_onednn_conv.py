@@ -187,3 +187,17 @@ def test_auto_never_compiles(monkeypatch, tmp_path):
 def test_cache_and_targets_are_the_experiments_own():
   assert "proxopt-experiments" in str(onednn_conv.cache_dir())
   assert all(t.startswith("experiments_onednn_") for t in onednn_conv._TARGETS.values())
+
+
+def test_train_cli_with_unbuildable_onednn_exits_2_naming_the_fix(monkeypatch, tmp_path, capsys):
+  from experiments import train
+  monkeypatch.setenv("EXPERIMENTS_CACHE_DIR", str(tmp_path / "cache"))
+  monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+  onednn_conv._load_built.cache_clear()
+  try:
+    rc = train.main(["--dataset", "sample", "--train-subset", "128", "--epochs", "1",
+                     "--conv", "onednn", "--out", str(tmp_path / "run"), "--no-progress"])
+  finally:
+    onednn_conv._load_built.cache_clear()
+  err = capsys.readouterr().err
+  assert rc == 2 and "cannot run the C++ compiler" in err and "--conv xla" in err

@@ -267,7 +267,8 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
-  """Full batches per epoch (the last partial batch is dropped, as in the paper's loaders with drop_last)."""
+  """Full batches per epoch: the last partial batch is dropped, so every step
+  has one shape and compiles once."""
   return n // batch_size
 
 

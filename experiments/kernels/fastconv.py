@@ -10,8 +10,8 @@ so it can be computed ``c`` images at a time and summed. XLA:CPU lowers the
 weight-gradient convolution to one Eigen contraction over the whole batch,
 which for CIFAR shapes (32x32 images, 16 channels, batch 128) runs about 8x
 slower than the forward convolution of the same size (measured here: 302 ms vs
-20 ms); on chunks of 8 images the same work took 37 ms (see the README,
-"Fast training on CPU"). With oneDNN available, the step uses
+20 ms); on chunks of 8 images the same work took 37 ms (see
+docs/guides/cpu_training.md). With oneDNN available, the step uses
 :mod:`experiments.kernels.onednn` instead, which is faster still. The forward pass and the input gradient
 are XLA's own. The chunks are unrolled (B/c weight-gradient convolutions per
 layer in the HLO).

@@ -15,7 +15,7 @@ shape (H, C -> K, stride)     XLA:CPU            oneDNN (this module)
 
 No maintained package exposes oneDNN convolutions to JAX (jaxlib's own
 ``--xla_cpu_use_onednn`` / oneDNN-fusion flags were measured and did not speed
-these convolutions up, see README "Fast training on CPU"), so this module
+these convolutions up, see docs/guides/cpu_training.md), so this module
 binds them itself: ``onednn_conv.cc`` holds three XLA FFI handlers (forward,
 backward-data, backward-weights on NHWC activations and HWIO weights, float32),
 compiled with the machine's C++ compiler against jaxlib's FFI headers and the
@@ -164,7 +164,7 @@ def build(log=None) -> Path:
   ffi_inc = Path(jax.ffi.include_dir())
   (log or (lambda m: print(m, file=sys.stderr, flush=True)))(
       f"experiments: compiling the oneDNN convolution kernels once into {out} "
-      "(asked for by conv='onednn'; about a minute)")
+      "(a few seconds)")
   out.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
   os.close(fd)
@@ -172,7 +172,11 @@ def build(log=None) -> Path:
          f"-I{ffi_inc}", f"-I{inc}", str(SOURCE), f"-L{lib}", "-ldnnl",
          f"-Wl,-rpath,{lib}", "-o", tmp]
   try:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+      proc = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as e:  # CXX names no runnable program
+      raise OneDNNUnavailable(f"cannot run the C++ compiler {cxx!r}: {e}; install one "
+                              "(`apt-get install g++`) or set CXX.") from None
     if proc.returncode:
       raise OneDNNUnavailable(
           f"building {SOURCE.name} failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}"

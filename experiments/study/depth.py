@@ -1,6 +1,8 @@
 r"""The depth study (issue #16): AdamW vs Adam-L2 vs AdamProx without BatchNorm as depth grows.
 
 ``python -m experiments.study.depth run --dataset npz:DIR --workers 2 --pin``
+(``status``: what is recorded and selected; ``collect``: tables and figures,
+:mod:`experiments.study.depth_report`; ``commands``: the training commands)
 
 The paper (Zhuang et al., TMLR 2022, Fig. 2-3) trains ResNet-20...218 without
 BatchNorm for 300 epochs of full CIFAR-10 and picks each optimizer's best
@@ -271,7 +273,7 @@ def main(argv=None) -> int:
   ap = argparse.ArgumentParser(prog="python -m experiments.study.depth",
                                description=__doc__.split("\n")[0])
   sub = ap.add_subparsers(dest="cmd", required=True)
-  for name in ("run", "status", "commands"):
+  for name in ("run", "status", "commands", "collect"):
     s = sub.add_parser(name)
     s.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu")
     s.add_argument("--dataset", default=None,
@@ -279,6 +281,9 @@ def main(argv=None) -> int:
                    "npz:../shared/data/cifar10")
     s.add_argument("--runs-dir", default=None, help="default runs/depth-<protocol>")
     s.add_argument("--results", default=str(RESULTS), help="the record (default %(default)s)")
+    if name == "collect":
+      s.add_argument("--report", default=str(ROOT / "docs" / "results" / "depth_study.md"))
+      s.add_argument("--figures", default=str(ROOT / "docs" / "figures"))
     if name == "run":
       s.add_argument("--workers", type=int, default=2)
       s.add_argument("--pin", action="store_true", help="bind worker k to CPU core k")
@@ -292,6 +297,9 @@ def main(argv=None) -> int:
   if args.cmd == "status":
     print(status(p, results))
     return 0
+  if args.cmd == "collect":
+    from experiments.study import depth_report
+    return depth_report.collect(results, pathlib.Path(args.report), pathlib.Path(args.figures))
   if args.cmd == "commands":
     for r in planned(p, results):
       print(" ".join(["python -m experiments.train", *r.flags(p, runs_dir)]))
