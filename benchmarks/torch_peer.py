@@ -10,6 +10,11 @@ with a zero head bias (as ``experiments.models.resnet``), optional BatchNorm (``
 removes the BN layers and nothing else), global average pooling and a dense
 head. The train step is forward, softmax cross-entropy, backward and one
 ``torch.optim`` Adam/AdamW step, i.e. what ``experiments.steps.train_step`` does in JAX.
+``precision="bfloat16"`` is PyTorch's usual mixed precision, the peer of the
+JAX step's: ``torch.autocast(dtype=torch.bfloat16)`` around the forward pass
+and the loss (convolutions and the dense layer in bfloat16), the logits cast
+to float32 for the cross-entropy, float32 master weights, gradients and
+optimizer state.
 
 Used by ``python -m benchmarks.train_step`` as the reference speed, and
 importable by anyone who needs the PyTorch model (``make_resnet``).
@@ -27,6 +32,8 @@ from __future__ import annotations
 
 import time
 from typing import Callable
+
+PRECISIONS = ("float32", "bfloat16")
 
 import torch
 from torch import nn
@@ -137,14 +144,31 @@ def make_optimizer(model: nn.Module, name: str, lr: float = 1e-3,
   return classes[name](model.parameters(), **kwargs)
 
 
-def make_train_step(model: nn.Module, opt: torch.optim.Optimizer
+def make_train_step(model: nn.Module, opt: torch.optim.Optimizer,
+                    precision: str = "float32"
                     ) -> Callable[[torch.Tensor, torch.Tensor], float]:
-  """``step(images, labels) -> loss``: forward, CE loss, backward, update."""
+  """``step(images, labels) -> loss``: forward, CE loss, backward, update.
+
+  ``precision="bfloat16"`` runs the forward pass and the loss under
+  ``torch.autocast(<the parameters' device>, dtype=torch.bfloat16)`` with
+  float32 logits for the loss; the parameters (master weights), their
+  gradients and the optimizer state stay float32.
+  """
+  if precision not in PRECISIONS:
+    raise ValueError(
+        f"make_train_step: unknown `precision={precision!r}`; valid choices: "
+        f"{', '.join(PRECISIONS)}."
+    )
   model.train()
+  device = next(model.parameters()).device.type
 
   def step(images: torch.Tensor, labels: torch.Tensor) -> float:
     opt.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(images), labels)
+    if precision == "bfloat16":
+      with torch.autocast(device, dtype=torch.bfloat16):
+        loss = F.cross_entropy(model(images).float(), labels)
+    else:
+      loss = F.cross_entropy(model(images), labels)
     loss.backward()
     opt.step()
     return float(loss.detach())
@@ -153,13 +177,14 @@ def make_train_step(model: nn.Module, opt: torch.optim.Optimizer
 
 
 def time_train_step(depth: int, bn: bool, batch: int, reps: int,
-                    optimizer: str = "adamw", threads: int | None = None
-                    ) -> list[float]:
+                    optimizer: str = "adamw", threads: int | None = None,
+                    precision: str = "float32") -> list[float]:
   """Seconds per train step on random data (``reps`` timed, after 2 warm-up)."""
   if threads:
     torch.set_num_threads(threads)
   model = make_resnet(depth, bn=bn)
-  step = make_train_step(model, make_optimizer(model, optimizer, 1e-3, 1e-4))
+  step = make_train_step(model, make_optimizer(model, optimizer, 1e-3, 1e-4),
+                         precision)
   g = torch.Generator().manual_seed(0)
   images = torch.randn(batch, 3, 32, 32, generator=g)
   labels = torch.randint(0, 10, (batch,), generator=g)

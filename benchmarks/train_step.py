@@ -20,14 +20,19 @@ steps run interleaved; the statistic is the median. ``--also-threads 1``
 adds PyTorch with other thread counts to the same rounds (on a shared,
 loaded CPU, torch's OpenMP barriers can make all cores slower than one).
 ``compile_s`` is the first JAX call (trace + compile + one step) minus the
-median step.
+median step. ``--precision bfloat16`` times both sides in mixed precision:
+the JAX step with ``precision="bfloat16"`` (bfloat16 convolutions and
+activations, float32 weights, optimizer state and loss; XLA's convolutions,
+oneDNN's kernels being float32-only) against PyTorch under
+``torch.autocast("cpu", dtype=torch.bfloat16)`` around forward and loss,
+with float32 master weights (``benchmarks/torch_peer.py``).
 
 ``--json FILE`` writes (atomically after every configuration; ``--resume``
 skips configurations already in FILE)::
 
   {"machine": {...},
    "results": [{"model": "resnet20", "bn": false, "batch": 128, "impl": "auto",
-                "conv": "auto", "conv_resolved": "onednn",
+                "conv": "auto", "conv_resolved": "onednn", "precision": "float32",
                 "jax_step_s", "torch_step_s", "compile_s", "jax_over_torch",
                 "torch_step_s_by_threads", "torch_cl_step_s_by_threads",
                 "torch_best_step_s", "torch_best_config", "jax_over_torch_best",
@@ -37,6 +42,7 @@ skips configurations already in FILE)::
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -67,9 +73,16 @@ def _torch_opt(model, name: str):
   return torch_peer.make_optimizer(model, "adamw", LR, WD, impl="foreach")
 
 
-def bench_config(depth: int, bn: bool, batch: int, impl: str, optimizer: str,
-                 reps: int, threads: int, extra_threads=(), conv: str = "auto"
-                 ) -> dict:
+def build_steps(depth: int, bn: bool, batch: int, impl: str, optimizer: str,
+                conv: str = "auto", precision: str = "float32") -> dict:
+  """The two sides of one configuration, built but not timed.
+
+  Returns ``{"jax": f, "jax_step": the make_train_step function (its resolved
+  impl/conv/precision), "torch": {"nchw": f, "cl": f}, "torch_models": the
+  two PyTorch models}``; every ``f()``
+  takes one step on the fixed batch (the JAX one waits for its result, as
+  the timing needs) and returns its loss.
+  """
   import jax
   import torch
   from experiments.models.resnet import ResNet
@@ -79,29 +92,26 @@ def bench_config(depth: int, bn: bool, batch: int, impl: str, optimizer: str,
 
   from benchmarks import torch_peer
 
-  torch.set_num_threads(threads)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
   labels = rng.integers(0, 10, (batch,)).astype(np.int32)
 
   model = ResNet(depth, 10, bn, rngs=nnx.Rngs(0))
   tx = _jax_tx(optimizer)
-  step = make_train_step(model, tx, augment=False, impl=impl, conv=conv)
+  step = make_train_step(model, tx, augment=False, impl=impl, conv=conv,
+                         precision=precision)
   box = {"state": create_train_state(model, tx, seed=0)}
   images_dev, labels_dev = jax.device_put(images), jax.device_put(labels)
 
   def jax_step():
     box["state"], metrics = step(box["state"], images_dev, labels_dev)
     jax.block_until_ready((box["state"], metrics))
-
-  t0 = time.perf_counter()
-  jax_step()
-  first_call = time.perf_counter() - t0
+    return metrics["loss"]
 
   # The same images, normalised by the JAX step's own function, in NCHW.
   x = np.asarray(normalize(jax.numpy.asarray(images))).transpose(0, 3, 1, 2)
   tlabels = torch.from_numpy(labels.astype(np.int64))
-  tsteps = {}
+  tsteps, tmodels = {}, {}
   for fmt, memory_format in (("nchw", torch.contiguous_format),
                              ("cl", torch.channels_last)):
     # One model and optimizer per format, from the same seed.
@@ -109,15 +119,33 @@ def bench_config(depth: int, bn: bool, batch: int, impl: str, optimizer: str,
         memory_format=memory_format)
     timages = torch.from_numpy(np.ascontiguousarray(x)).contiguous(
         memory_format=memory_format)
-    tsteps[fmt] = (torch_peer.make_train_step(tmodel, _torch_opt(tmodel, optimizer)),
-                   timages)
+    tstep = torch_peer.make_train_step(tmodel, _torch_opt(tmodel, optimizer),
+                                       precision)
+    tsteps[fmt] = functools.partial(tstep, timages, tlabels)
+    tmodels[fmt] = tmodel
+  return {"jax": jax_step, "jax_step": step, "torch": tsteps,
+          "torch_models": tmodels}
+
+
+def bench_config(depth: int, bn: bool, batch: int, impl: str, optimizer: str,
+                 reps: int, threads: int, extra_threads=(), conv: str = "auto",
+                 precision: str = "float32") -> dict:
+  import torch
+
+  torch.set_num_threads(threads)
+  steps = build_steps(depth, bn, batch, impl, optimizer, conv, precision)
+  jax_step, step = steps["jax"], steps["jax_step"]
+
+  t0 = time.perf_counter()
+  jax_step()
+  first_call = time.perf_counter() - t0
 
   def torch_step(fmt, n):
-    tstep, timages = tsteps[fmt]
+    tstep = steps["torch"][fmt]
 
     def run():
       torch.set_num_threads(n)
-      tstep(timages, tlabels)
+      tstep()
     return run
 
   cands = {"jax": jax_step}
@@ -137,6 +165,7 @@ def bench_config(depth: int, bn: bool, batch: int, impl: str, optimizer: str,
       "model": f"resnet{depth}", "bn": bn, "batch": batch,
       "impl": impl, "impl_resolved": getattr(step, "impl", impl),
       "conv": conv, "conv_resolved": getattr(step, "conv", conv),
+      "precision": precision,
       "optimizer": optimizer, "jax_step_s": jm, "torch_step_s": tm,
       "torch_threads": threads, "torch_step_s_by_threads": by_threads,
       "torch_cl_step_s": med[f"torch_cl_{threads}"],
@@ -156,7 +185,7 @@ def bench_config(depth: int, bn: bool, batch: int, impl: str, optimizer: str,
 
 def _key(r):
   return (r["model"], r["bn"], r["batch"], r["impl"], r.get("conv", "auto"),
-          r["optimizer"])
+          r["optimizer"], r.get("precision", "float32"))
 
 
 def print_table(out: dict) -> None:
@@ -165,6 +194,8 @@ def print_table(out: dict) -> None:
         f"{'compile s':>9s}  torch s (nchw | channels-last) by threads")
   for r in out["results"]:
     impl = f"{r['impl']}={r['impl_resolved']}/{r.get('conv_resolved', 'xla')}"
+    if r.get("precision", "float32") != "float32":
+      impl += "/bf16"
     print(f"{r['model']:10s} {str(r['bn']):5s} {impl:22s} "
           f"{r['jax_step_s']:8.3f} {r['torch_best_step_s']:12.3f} "
           f"{r['jax_over_torch_best']:8.2f} {r['jax_images_per_s']:10.1f} "
@@ -197,6 +228,12 @@ def parse_args(argv=None):
                   help="comma-separated convolution kernels of the JAX step "
                   "(auto, xla, onednn)")
   ap.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
+  ap.add_argument("--precision", default="float32",
+                  choices=("float32", "bfloat16"),
+                  help="float32 (default), or bfloat16 mixed precision on "
+                  "both sides: the JAX step's precision='bfloat16' (XLA's "
+                  "convolutions) vs torch.autocast(bfloat16) with float32 "
+                  "master weights")
   ap.add_argument("--reps", type=int, default=None,
                   help="interleaved rounds (default 5; 2 with --quick)")
   ap.add_argument("--threads", type=int, default=os.cpu_count(),
@@ -239,6 +276,9 @@ def parse_args(argv=None):
     ap.error("--reps must be >= 1")
   if args.resume and not args.json:
     ap.error("--resume needs --json FILE")
+  if args.precision != "float32" and "onednn" in args.convs:
+    ap.error("--convs onednn: oneDNN's kernels are float32-only; with "
+             "--precision bfloat16 use --convs xla or auto")
   if args.quick:
     args.depths, args.batch = [8], 8
   return args
@@ -255,14 +295,16 @@ def main(argv=None) -> dict:
   configs = [(d, bn, impl, conv) for d in args.depths for bn in args.bn
              for impl in args.impls for conv in args.convs]
   for i, (d, bn, impl, conv) in enumerate(configs):
-    key = (f"resnet{d}", bn, args.batch, impl, conv, args.optimizer)
+    key = (f"resnet{d}", bn, args.batch, impl, conv, args.optimizer,
+           args.precision)
     if key in done:
       common.log(f"[{i + 1}/{len(configs)}] {key} already done; skipping")
       continue
     common.log(f"[{i + 1}/{len(configs)}] resnet{d} bn={bn} impl={impl} "
-               f"conv={conv} batch={args.batch}: {reps} interleaved rounds ...")
+               f"conv={conv} precision={args.precision} batch={args.batch}: "
+               f"{reps} interleaved rounds ...")
     row = bench_config(d, bn, args.batch, impl, args.optimizer, reps,
-                       args.threads, args.also_threads, conv)
+                       args.threads, args.also_threads, conv, args.precision)
     common.log(f"    jax {row['jax_step_s']:.3f} s, best torch "
                f"{row['torch_best_step_s']:.3f} s ({row['torch_best_config']}), "
                f"ratio {row['jax_over_torch_best']:.2f}")

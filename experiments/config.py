@@ -24,6 +24,7 @@ REGULARIZERS = ("none", "l1", "group_lasso")
 CONVENTIONS = ("optax", "paper")
 IMPLS = ("auto", "plain", "nofusion", "blockwise")
 CONVS = ("auto", "xla", "onednn")
+PRECISIONS = ("float32", "bfloat16")
 BUDGETS = ("quick", "paper")
 
 # Fields that do not change the numbers a run produces: they may differ
@@ -76,6 +77,7 @@ class Config:
   update_hist: bool = True
   impl: str = "auto"
   conv: str = "auto"  # auto: oneDNN only if already built, never compiles
+  precision: str = "float32"  # bfloat16: bf16 compute, float32 weights/optimizer/loss
   # bookkeeping
   recipe: str | None = None
   budget: str | None = None
@@ -126,6 +128,7 @@ def validate(cfg: Config) -> None:
   _choice("regularizer", cfg.regularizer, REGULARIZERS)
   _choice("impl", cfg.impl, IMPLS)
   _choice("conv", cfg.conv, CONVS)
+  _choice("precision", cfg.precision, PRECISIONS)
   ds = cfg.dataset
   if not (ds in TFDS_DATASETS or ds == "sample" or (ds.startswith("npz:") and len(ds) > 4)):
     raise ConfigError(f"unknown dataset {ds!r}; valid choices: {', '.join(DATASET_CHOICES)}.")

@@ -15,7 +15,7 @@ import json
 import sys
 
 from experiments.config import (
-    BUDGETS, CONVS, IMPLS, OPTIMIZERS, SCHEDULES, Config, ConfigError)
+    BUDGETS, CONVS, IMPLS, OPTIMIZERS, PRECISIONS, SCHEDULES, Config, ConfigError)
 from experiments.configs import resolve
 from experiments.kernels.onednn import OneDNNUnavailable
 from experiments.models import MODELS
@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
   a("--conv", help=f"convolution kernels: {', '.join(CONVS)} (default auto: oneDNN "
     "on one CPU device if already built by `python -m experiments.kernels build`, "
     "else XLA; onednn builds them on first use)")
+  a("--precision", choices=PRECISIONS,
+    help="compute dtype: float32 (default), or bfloat16 mixed precision as on "
+    "TPU/GPU (bfloat16 convolutions and activations; float32 weights, "
+    "gradients, optimizer state, BatchNorm statistics and loss; XLA's "
+    "convolutions). On CPU a numerics check, not a speed-up")
   a("--max-steps", dest="max_steps", type=int, help="stop after N steps in total")
   a("--log-every", dest="log_every", type=int,
     help=f"steps between host reads of the metrics (default {_D.log_every})")

@@ -311,6 +311,50 @@ def test_train_step_quick_json(torch, tmp_path):
       train_step.parse_args(argv)
 
 
+@pytest.mark.torch
+def test_train_step_bf16_mode_builds_and_steps(torch):
+  """--precision bfloat16: both sides build (ResNet-8 with BN, batch 8) and
+  take one finite step; nothing is timed. The torch side keeps float32
+  master weights."""
+  from benchmarks import train_step
+  steps = train_step.build_steps(8, True, 8, "plain", "adamw", conv="auto",
+                                 precision="bfloat16")
+  f = steps["jax_step"]
+  assert (f.precision, f.conv) == ("bfloat16", "xla")
+  loss = steps["jax"]()
+  assert loss.dtype == jnp.float32 and np.isfinite(float(loss))
+  for fmt in ("nchw", "cl"):
+    assert np.isfinite(steps["torch"][fmt]())
+  for tmodel in steps["torch_models"].values():
+    assert {p.dtype for p in tmodel.parameters()} == {torch.float32}
+  args = train_step.parse_args(["--precision", "bfloat16", "--quick"])
+  assert args.precision == "bfloat16"
+  with pytest.raises(SystemExit):
+    train_step.parse_args(["--precision", "bfloat16", "--convs", "onednn"])
+  with pytest.raises(SystemExit):
+    train_step.parse_args(["--precision", "float16"])
+
+
+@pytest.mark.torch
+def test_torch_peer_bf16_autocast_step(torch, torch_peer):
+  model = torch_peer.make_resnet(8, bn=True, seed=0)
+  opt = torch_peer.make_optimizer(model, "adamw", 1e-2, 1e-4)
+  step = torch_peer.make_train_step(model, opt, precision="bfloat16")
+  g = torch.Generator().manual_seed(0)
+  x, y = torch.randn(8, 3, 32, 32, generator=g), torch.arange(8) % 10
+  with torch.autocast("cpu", dtype=torch.bfloat16):  # what the step wraps
+    assert model(x).dtype == torch.bfloat16
+  losses = [step(x, y) for _ in range(3)]
+  assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+  # float32 master weights, gradients and Adam moments.
+  assert {p.dtype for p in model.parameters()} == {torch.float32}
+  assert {p.grad.dtype for p in model.parameters()} == {torch.float32}
+  assert {v.dtype for s in opt.state.values() for k, v in s.items()
+          if k in ("exp_avg", "exp_avg_sq")} == {torch.float32}
+  with pytest.raises(ValueError, match="precision.*float32, bfloat16"):
+    torch_peer.make_train_step(model, opt, precision="float16")
+
+
 # ------------------------------------------ the torch-free part needs no torch
 _BLOCK_TORCH = """
 import sys

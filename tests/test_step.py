@@ -445,3 +445,156 @@ def test_nonfinite_step_keeps_batchnorm_statistics(impl):
   for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before)):
     np.testing.assert_array_equal(a, b)
   assert int(state.opt_state.notfinite_count) == 1
+
+
+# ----------------------------------------------------- bfloat16 mixed precision
+# Tolerances. bfloat16 keeps 8 significant bits (unit roundoff 2^-8 = 3.9e-3).
+# The loss is a mean over the batch, so its rounding errors average out:
+# measured relative difference 4e-4 (no BN) and 7e-4 (BN) on ResNet-8, batch
+# 8; 1e-2 leaves a margin of 14x. Gradients: without BN every leaf agrees with
+# float32 to cosine >= 0.998 (measured). With BN at batch 8 the first-step
+# gradient itself is ill-conditioned: computing in float32 with only the
+# weights rounded to bfloat16 already moves the stem's gradients by 25%
+# (cosine 0.971, measured), and the bfloat16 step is within that (worst leaf
+# 0.985: the first BN's bias, relative error 18%; whole gradient 0.997;
+# without BN 0.99996). So each leaf must reach cosine 0.99 without BN and
+# 0.97 with it, and the whole gradient 0.999 without BN and 0.99 with it.
+BF16_LOSS_RTOL = 1e-2
+BF16_LEAF_COSINE = {False: 0.99, True: 0.97}
+BF16_TOTAL_COSINE = {False: 0.999, True: 0.99}
+
+
+def _cosines(a, b):
+  """Per-leaf cosine similarities and that of the whole flattened trees."""
+  la = [np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(a)]
+  lb = [np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(b)]
+  cos = lambda x, y: float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
+  return ([cos(x, y) for x, y in zip(la, lb)],
+          cos(np.concatenate(la), np.concatenate(lb)))
+
+
+def _float_dtypes(tree):
+  return {str(x.dtype) for x in jax.tree.leaves(tree)
+          if jnp.issubdtype(x.dtype, jnp.floating)}
+
+
+@pytest.fixture(scope="module")
+def bf16_steps(setup):
+  """The `setup` step (grad_capture, multiplier 2, seed 3) in bfloat16,
+  plain and blockwise (nofusion shares plain's code path)."""
+  model, _, _ = setup
+  images, labels = _batch()
+  tx = grad_capture()
+  out = {}
+  for impl in ("plain", "blockwise"):
+    st = make_train_step(model, tx, impl=impl, loss_multiplier=2.0,
+                         precision="bfloat16")
+    assert (st.impl, st.conv, st.conv_grad_chunk, st.precision) == (
+        impl, "xla", 0, "bfloat16")
+    out[impl] = (st,) + st(create_train_state(model, tx, seed=3), images, labels)
+  return out
+
+
+def test_bf16_step_matches_float32(setup, bf16_steps):
+  model, out, _ = setup
+  ref_state, ref_metrics = out["plain"]
+  _, state, metrics = bf16_steps["plain"]
+  assert metrics["loss"].dtype == jnp.float32
+  np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"],
+                             rtol=BF16_LOSS_RTOL)
+  # grad_capture's state is the gradient the optimizer received: float32,
+  # like the parameters and the BatchNorm statistics.
+  assert _float_dtypes((state.params, state.opt_state, state.model_state)) == {"float32"}
+  assert jax.tree.structure(state) == jax.tree.structure(ref_state)
+  leaf, total = _cosines(state.opt_state, ref_state.opt_state)
+  assert min(leaf) > BF16_LEAF_COSINE[model.use_bn], leaf
+  assert total > BF16_TOTAL_COSINE[model.use_bn], total
+  # The BatchNorm statistics, computed in float32 from bfloat16 activations.
+  assert_trees_close(state.model_state, ref_state.model_state, rtol=2e-2,
+                     what="bf16 BN statistics")
+
+
+def test_bf16_convolutions_and_head_run_in_bf16(setup, bf16_steps):
+  model, _, _ = setup
+  st = bf16_steps["plain"][0]
+  images, labels = _batch()
+  hlo = st.jitted.lower(create_train_state(model, grad_capture(), seed=3),
+                        images, labels).as_text()
+  ops = [l for l in hlo.splitlines()
+         if "stablehlo.convolution" in l or "stablehlo.dot_general" in l]
+  # ResNet-8: 7 convs forward, 7 weight and 6 input gradients; the head's
+  # dense layer forward and its two gradients.
+  assert len(ops) == 23
+  for op in ops:
+    assert "bf16" in op and "f32" not in op, op
+  # The loss: log-softmax of float32 logits.
+  assert "tensor<8x10xf32>" in hlo
+
+
+def test_bf16_blockwise_equals_plain_bf16(bf16_steps):
+  _, plain, pm = bf16_steps["plain"]
+  _, block, bm = bf16_steps["blockwise"]
+  # The same bfloat16 computation cut into jits: only fusion-dependent
+  # roundings differ.
+  np.testing.assert_allclose(bm["loss"], pm["loss"], rtol=1e-3)
+  leaf, _ = _cosines(block.opt_state, plain.opt_state)
+  assert min(leaf) > 0.999, leaf
+  assert _float_dtypes((block.opt_state, block.model_state)) == {"float32"}
+
+
+def test_bf16_training_keeps_float32_state_and_eval_matches():
+  model = ResNet(8, 10, use_bn=True, rngs=nnx.Rngs(2))
+  tx = optax.adamw(3e-3, weight_decay=1e-4)
+  images, labels = _batch(16, seed=1)
+  state = create_train_state(model, tx)
+  dtypes = jax.tree.map(lambda x: x.dtype, state)
+  step = make_train_step(model, tx, impl="plain", augment=False,
+                         precision="bfloat16")
+  losses = []
+  for _ in range(6):
+    state, m = step(state, images, labels)
+    assert m["loss"].dtype == jnp.float32
+    losses.append(float(m["loss"]))
+  # Master weights, Adam's moments and BN statistics are still float32.
+  assert jax.tree.map(lambda x: x.dtype, state) == dtypes
+  assert all(np.isfinite(losses)) and losses[-1] < 0.7 * losses[0], losses
+  # Eval in bfloat16 (running statistics) vs float32 on the trained state.
+  ev = {p: make_eval_step(model, conv="xla", precision=p)(state, images, labels)
+        for p in ("float32", "bfloat16")}
+  assert ev["bfloat16"]["loss_sum"].dtype == jnp.float32
+  np.testing.assert_allclose(ev["bfloat16"]["loss_sum"], ev["float32"]["loss_sum"],
+                             rtol=BF16_LOSS_RTOL)
+
+
+def test_precision_choice_errors():
+  model = ResNet(8, 10, use_bn=False, rngs=nnx.Rngs(0))
+  tx = optax.sgd(0.1)
+  for bad in ("float16", "bf16", None):
+    with pytest.raises(ValueError,
+                       match=r"make_train_step: unknown `precision=.*float32, bfloat16"):
+      make_train_step(model, tx, precision=bad)
+  with pytest.raises(ValueError, match=r"make_eval_step: unknown `precision=.*float32, bfloat16"):
+    make_eval_step(model, precision="fp32")
+  # oneDNN's kernels are float32-only: asked for, it raises (naming both
+  # arguments and the fix) before anything is built; 'auto' picks XLA and says why.
+  with pytest.raises(ValueError, match=r"conv='onednn'.*precision='bfloat16'.*conv='xla'"):
+    make_train_step(model, tx, conv="onednn", precision="bfloat16")
+  with pytest.raises(ValueError, match=r"conv='onednn'.*precision='bfloat16'"):
+    make_eval_step(model, conv="onednn", precision="bfloat16")
+  st = make_train_step(model, tx, precision="bfloat16")
+  assert st.conv == "xla" and "bfloat16" in st.conv_reason
+  # No chunked weight gradient in bfloat16: off under 'auto', refused if asked.
+  assert make_train_step(model, tx, impl="nofusion", conv="xla",
+                         precision="bfloat16").conv_grad_chunk == 0
+  with pytest.raises(ValueError, match=r"conv_grad_chunk.*bfloat16.*precision='float32'"):
+    make_train_step(model, tx, conv_grad_chunk=4, precision="bfloat16")
+  # float32 stays the default, and its resolution is unchanged.
+  f = make_train_step(model, tx)
+  assert f.precision == "float32" and f.conv_reason.startswith(("auto", "requested"))
+
+  class NoLayers(nnx.Module):
+    def __call__(self, x):
+      return x.mean((1, 2))
+
+  with pytest.raises(ValueError, match="precision='bfloat16'.*NoLayers.*precision='float32'"):
+    make_train_step(NoLayers(), tx, impl="plain", precision="bfloat16")

@@ -49,6 +49,23 @@ Independently, ``conv`` chooses who computes the convolutions:
   compiles), else ``"xla"`` (with chunks of 8 on CPU for the fast
   implementations). ``"onednn"`` builds them on first use, saying so.
 
+Independently, ``precision`` chooses the compute dtype:
+
+* ``"float32"``: everything in float32 (the default; the paper's setting).
+* ``"bfloat16"``: mixed precision as on TPU/GPU. Convolutions, the dense
+  head and the activations between layers run in bfloat16 (inputs and
+  kernels cast to bfloat16 for the forward and backward pass); the master
+  weights, their gradients as handed to the optimizer, the optimizer state,
+  the BatchNorm statistics (computed and stored in float32), the logits fed
+  to the softmax cross-entropy and the loss stay float32. The
+  :class:`TrainState` is the same pytree with the same dtypes in both
+  precisions, so a checkpoint of one resumes in the other. oneDNN's kernels
+  are float32-only: ``conv="auto"`` then picks XLA's convolutions (the reason
+  is in ``train_step.conv_reason``), ``conv="onednn"`` raises; the chunked
+  weight gradient (``conv_grad_chunk``) is off (it would round each partial
+  sum to bfloat16). bfloat16 has float32's exponent range, so no loss
+  scaling is needed. On CPU it is a numerics option, not a speed one.
+
 Data parallelism: pass a ``jax.sharding.Mesh`` with an axis ``"data"``; the
 batch is sharded along it and the state replicated, and XLA inserts the
 gradient all-reduce (and the BatchNorm statistics reductions), so the result
@@ -84,7 +101,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from experiments.config import CONVS, IMPLS
+from experiments.config import CONVS, IMPLS, PRECISIONS
 from experiments.input_pipeline.augment import augment, normalize
 from experiments.kernels import onednn as onednn_conv
 from experiments.kernels.fastconv import with_chunked_wgrad
@@ -147,6 +164,57 @@ def _with_mode(model: nnx.Module, train: bool) -> nnx.Module:
       model, use_running_average=not train, deterministic=not train,
       raise_if_not_found=False,
   )
+
+
+_COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+
+
+def _check_precision(precision: str, owner: str) -> str:
+  if precision not in PRECISIONS:
+    raise ValueError(
+        f"{owner}: unknown `precision={precision!r}`; valid choices: "
+        f"{', '.join(PRECISIONS)}."
+    )
+  return precision
+
+
+def _is_flax_layer(path, node) -> bool:
+  # Flax's layers (nnx.Conv, nnx.Linear, nnx.BatchNorm, ...) have both a
+  # compute `dtype` and a storage `param_dtype`; a user module's own `dtype`
+  # attribute (if any) is left alone.
+  del path
+  return hasattr(node, "dtype") and hasattr(node, "param_dtype")
+
+
+def _with_precision(model: nnx.Module, precision: str) -> nnx.Module:
+  """A view of `model` whose Flax layers compute in `precision`'s dtype.
+
+  Flax's own mixed-precision mechanism rather than hand-casting: every Flax
+  layer casts its inputs and parameters to its ``dtype`` (the compute dtype)
+  before computing, while its parameters stay in ``param_dtype`` (float32
+  here). Setting ``dtype`` on a view (like ``nnx.view`` for the train/eval
+  mode) needs no change to the model definitions, covers every layer the
+  model uses (convolutions, dense head, BatchNorm), and leaves the split
+  state, hence the :class:`TrainState`, the optimizer state and checkpoints,
+  identical to float32's. The VJP of the float32 -> bfloat16 cast returns the
+  gradient in float32. In train mode ``nnx.BatchNorm`` computes the batch
+  statistics of its bfloat16 input in float32 (Flax promotes them to at least
+  float32), updates its float32 running averages with them, normalises in
+  float32 and casts its output to bfloat16; in eval mode Flax rounds the
+  running statistics to bfloat16 for the normalisation (the stored ones stay
+  float32).
+  """
+  dtype = _COMPUTE_DTYPES[precision]
+  if dtype is None:
+    return model
+  if not any(_is_flax_layer(p, n) for p, n in nnx.iter_graph(model)):
+    raise ValueError(
+        f"precision={precision!r} sets the compute `dtype` of the model's Flax "
+        f"layers (nnx.Conv, nnx.Linear, nnx.BatchNorm, ...); "
+        f"{type(model).__name__} has none. Use precision='float32'."
+    )
+  return nnx.with_attributes(model, only=_is_flax_layer,
+                             raise_if_not_found=False, dtype=dtype)
 
 
 def create_train_state(
@@ -250,7 +318,14 @@ def _multi_device(mesh) -> bool:
   return mesh is not None and mesh.shape[DATA_AXIS] > 1
 
 
-def _resolve_conv(conv: str, mesh, chunk_requested: bool = False) -> str:
+def _resolve_conv(conv: str, mesh, chunk_requested: bool = False,
+                  precision: str = "float32") -> str:
+  return _resolve_conv_why(conv, mesh, chunk_requested, precision)[0]
+
+
+def _resolve_conv_why(conv: str, mesh, chunk_requested: bool = False,
+                      precision: str = "float32") -> tuple[str, str]:
+  """(convolution kind, why it was chosen)."""
   if conv not in CONVS:
     raise ValueError(
         f"make_train_step: unknown `conv={conv!r}`; valid choices: "
@@ -259,12 +334,26 @@ def _resolve_conv(conv: str, mesh, chunk_requested: bool = False) -> str:
   if conv == "auto":
     # On a multi-device mesh XLA cannot partition the custom calls (it would
     # gather the batch onto every device), so data parallelism keeps XLA's
-    # convolutions; so does an explicit conv_grad_chunk (it chunks XLA's).
-    if (jax.default_backend() == "cpu" and not _multi_device(mesh)
-        and not chunk_requested and onednn_conv.available()):
-      return "onednn"
-    return "xla"
+    # convolutions; so does an explicit conv_grad_chunk (it chunks XLA's),
+    # and bfloat16 (oneDNN's kernels here are float32-only).
+    if precision != "float32":
+      return "xla", f"auto: precision={precision!r} (oneDNN kernels are float32-only)"
+    if jax.default_backend() != "cpu":
+      return "xla", f"auto: backend {jax.default_backend()!r} (oneDNN kernels are CPU-only)"
+    if _multi_device(mesh):
+      return "xla", "auto: multi-device mesh (XLA cannot partition oneDNN calls)"
+    if chunk_requested:
+      return "xla", "auto: explicit conv_grad_chunk (it chunks XLA's convolutions)"
+    if not onednn_conv.available():
+      return "xla", "auto: oneDNN kernels not built (python -m experiments.kernels build)"
+    return "onednn", "auto: oneDNN kernels built, one CPU device"
   if conv == "onednn":
+    if precision != "float32":
+      raise ValueError(
+          "make_train_step: `conv='onednn'` runs oneDNN's float32 kernels; "
+          f"with `precision={precision!r}` use conv='xla' (what conv='auto' "
+          "picks), or precision='float32'."
+      )
     if jax.default_backend() != "cpu":
       raise ValueError(
           "make_train_step: `conv='onednn'` runs oneDNN's CPU kernels; the "
@@ -277,13 +366,16 @@ def _resolve_conv(conv: str, mesh, chunk_requested: bool = False) -> str:
           "conv='xla' (what conv='auto' picks on a multi-device mesh)."
       )
     onednn_conv.require()
-  return conv
+  return conv, "requested"
 
 
-def _resolve_chunk(conv_grad_chunk, impl: str, conv: str, mesh) -> int:
+def _resolve_chunk(conv_grad_chunk, impl: str, conv: str, mesh,
+                   precision: str = "float32") -> int:
   if conv_grad_chunk == "auto":
+    # Not in bfloat16: each chunk's partial weight gradient would be rounded
+    # to bfloat16 before the sum (and the speed-up was measured in float32).
     if (jax.default_backend() == "cpu" and impl != "plain" and conv == "xla"
-        and not _multi_device(mesh)):
+        and not _multi_device(mesh) and precision == "float32"):
       return AUTO_CONV_GRAD_CHUNK
     return 0
   if conv_grad_chunk is None:
@@ -299,6 +391,13 @@ def _resolve_chunk(conv_grad_chunk, impl: str, conv: str, mesh) -> int:
         "make_train_step: `conv_grad_chunk` chunks XLA's weight-gradient "
         "convolutions; with conv='onednn' oneDNN computes them whole. Pass "
         "conv_grad_chunk='auto'/None, or conv='xla'."
+    )
+  if conv_grad_chunk and precision != "float32":
+    raise ValueError(
+        "make_train_step: `conv_grad_chunk` sums per-chunk weight gradients in "
+        f"the convolution's dtype; with `precision={precision!r}` each partial "
+        "sum would be rounded to it. Pass conv_grad_chunk='auto'/None (no "
+        "chunking in bfloat16), or precision='float32'."
     )
   return conv_grad_chunk
 
@@ -317,9 +416,10 @@ def _keep_stats_if_nonfinite(grads, new_rest, old_rest):
 
 
 def _loss_and_metrics(logits, labels, loss_multiplier):
-  ce = optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), labels
-  ).mean()
+  # The loss in float32 whatever the compute dtype (bfloat16 logits are cast
+  # up before the softmax; the cast's VJP hands bfloat16 cotangents back).
+  logits = logits.astype(jnp.float32)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
   acc = (jnp.argmax(logits, -1) == labels).mean()
   return ce * loss_multiplier, {"loss": ce, "accuracy": acc}
 
@@ -337,6 +437,7 @@ def make_train_step(
     impl: str = "auto",
     conv: str = "auto",
     conv_grad_chunk: int | str | None = "auto",
+    precision: str = "float32",
 ) -> Callable[[TrainState, Any, Any], tuple[TrainState, dict]]:
   """``train_step(state, images_uint8, labels) -> (state, metrics)``.
 
@@ -363,15 +464,25 @@ def make_train_step(
       weight gradients (:mod:`experiments.kernels.fastconv`), ``None``/0 for XLA's
       whole-batch one, or ``"auto"``: 8 on CPU for the fast implementations
       without a multi-device mesh, else off (``impl="plain"`` is never
-      chunked by ``"auto"``: it is the reference).
+      chunked by ``"auto"``: it is the reference). Not with bfloat16.
+    precision: ``"float32"`` or ``"bfloat16"`` (bfloat16 compute, float32
+      weights, gradients, optimizer state, BatchNorm statistics and loss; see
+      the module docstring). Every `impl` supports both; bfloat16 needs
+      XLA's convolutions.
+
+  The returned function has attributes ``impl``, ``conv``,
+  ``conv_grad_chunk`` and ``precision`` (what was resolved) and
+  ``conv_reason`` (why that convolution kind).
   """
   if mesh is not None:
     _check_mesh(mesh)
-  conv = _resolve_conv(conv, mesh, conv_grad_chunk not in ("auto", None, 0))
+  precision = _check_precision(precision, "make_train_step")
+  conv, conv_reason = _resolve_conv_why(
+      conv, mesh, conv_grad_chunk not in ("auto", None, 0), precision)
   impl = _check_impl(impl, conv, model)
-  chunk = _resolve_chunk(conv_grad_chunk, impl, conv, mesh)
+  chunk = _resolve_chunk(conv_grad_chunk, impl, conv, mesh, precision)
   loss_multiplier = float(loss_multiplier)
-  train_model = _with_mode(model, train=True)
+  train_model = _with_precision(_with_mode(model, train=True), precision)
   if conv == "onednn":
     train_model = onednn_conv.with_onednn_convs(train_model)
   if chunk:
@@ -389,6 +500,8 @@ def make_train_step(
   train_step.impl = impl
   train_step.conv = conv
   train_step.conv_grad_chunk = chunk
+  train_step.conv_reason = conv_reason
+  train_step.precision = precision
   train_step.jitted = getattr(inner, "jitted", None)
   return train_step
 
@@ -431,20 +544,22 @@ def _whole_step(model, tx, loss_multiplier, augment_flag, mesh, fusion):
 
 
 def make_eval_step(
-    model: nnx.Module, *, mesh: Mesh | None = None, conv: str = "auto"
+    model: nnx.Module, *, mesh: Mesh | None = None, conv: str = "auto",
+    precision: str = "float32",
 ) -> Callable[..., dict]:
   """``eval_step(state, images_uint8, labels, mask=None) -> sums``.
 
   Runs the model in eval mode (BatchNorm running statistics), without
   augmentation. Returns sums over the batch so partial batches can be padded
   and masked: ``loss_sum``, ``correct`` and ``count`` (sum of ``mask``, which
-  is 1 for real examples and 0 for padding). `conv` is as in
-  :func:`make_train_step`.
+  is 1 for real examples and 0 for padding). `conv` and `precision` are as
+  in :func:`make_train_step` (the loss is float32 in both precisions).
   """
   if mesh is not None:
     _check_mesh(mesh)
-  eval_model = _with_mode(model, train=False)
-  if _resolve_conv(conv, mesh) == "onednn":
+  precision = _check_precision(precision, "make_eval_step")
+  eval_model = _with_precision(_with_mode(model, train=False), precision)
+  if _resolve_conv(conv, mesh, precision=precision) == "onednn":
     eval_model = onednn_conv.with_onednn_convs(eval_model)
   graphdef, _, _ = _split(eval_model)
 
@@ -471,6 +586,7 @@ def make_eval_step(
       mask = np.ones(images.shape[:1], np.float32)
     return jitted(state, images, labels, mask)
 
+  eval_step.precision = precision
   return eval_step
 
 
@@ -635,7 +751,7 @@ class _BlockwiseStep:
 
 
 __all__ = [
-    "AUTO_IMPL", "CONVS", "IMPLS", "TrainState",
+    "AUTO_IMPL", "CONVS", "IMPLS", "PRECISIONS", "TrainState",
     "create_train_state", "make_eval_step", "make_train_step",
     "state_to_model",
 ]

@@ -3,7 +3,8 @@ r"""The training loop: :func:`run` trains one :class:`~experiments.config.Config
 Writes to ``cfg.out``:
 
 - ``config.json``: the configuration; ``resolved_config.json``: plus what it
-  resolved to (optax weight decay, parameter count, step implementation);
+  resolved to (optax weight decay, parameter count, step implementation and
+  convolutions, with why; ``precision`` float32 or bfloat16 is a field of both);
 - ``metrics.jsonl``: one JSON object per epoch (``epoch``, ``train_loss``,
   ``train_acc``, ``test_loss``, ``test_acc``, ``val_*`` with a validation
   split, ``lr``, ``epoch_seconds``, ``wall_seconds``, ``images_per_sec``,
@@ -13,7 +14,7 @@ Writes to ``cfg.out``:
   (``update_hist_of``: of the Adam direction ``log2|m_hat / (sqrt(v_hat) +
   eps)|`` for the Adam aliases, as in the paper, else of the whole step), and
   ``nonfinite_skips`` with ``skip_nonfinite``);
-- ``summary.json``: final metrics, status, compile time, throughput;
+- ``summary.json``: final metrics, status, compile time, throughput, precision;
 - ``checkpoints/``: the train state after the last finished epoch (Orbax,
   restored by tree path, :mod:`experiments.training.checkpoint`).
 
@@ -132,14 +133,16 @@ def run(cfg: Config, log=print) -> dict:
   state = step_lib.create_train_state(model, tx, seed=cfg.seed, mesh=mesh)
   train_step = step_lib.make_train_step(
       model, tx, loss_multiplier=cfg.loss_multiplier, augment=cfg.augment,
-      mesh=mesh, impl=cfg.impl, conv=cfg.conv)
-  eval_step = step_lib.make_eval_step(model, mesh=mesh, conv=train_step.conv)
+      mesh=mesh, impl=cfg.impl, conv=cfg.conv, precision=cfg.precision)
+  eval_step = step_lib.make_eval_step(model, mesh=mesh, conv=train_step.conv,
+                                      precision=cfg.precision)
 
   resolved = dict(cfg.to_dict(), optax_weight_decay=optax_weight_decay(cfg),
                   num_params=count_params(model), num_classes=ds.num_classes,
                   steps_per_epoch=spe, train_size=len(ds.train),
                   test_size=len(ds.test), devices=n_dev,
-                  step_impl=train_step.impl, step_conv=train_step.conv)
+                  step_impl=train_step.impl, step_conv=train_step.conv,
+                  step_conv_reason=getattr(train_step, "conv_reason", None))
   if is_main:
     if not (out / "config.json").exists():
       write_json(out / "config.json", cfg.to_dict())
@@ -280,7 +283,8 @@ def run(cfg: Config, log=print) -> dict:
       "compile_seconds_estimate": (first_step_s - med) if (first_step_s and med) else None,
       "images_per_sec": (bs / med) if med else None,
       "wall_seconds": last.get("wall_seconds"), "num_params": resolved["num_params"],
-      "step_impl": train_step.impl, "step_conv": train_step.conv, "devices": n_dev,
+      "step_impl": train_step.impl, "step_conv": train_step.conv,
+      "precision": cfg.precision, "devices": n_dev,
   }
   if is_main:
     write_json(summary_path, summary)
