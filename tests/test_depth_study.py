@@ -52,11 +52,14 @@ def test_selection_uses_validation_and_plans_the_next_stage(tmp_path):
     _record(res, r, val_acc=[0.5, 0.6, 0.9, 0.55][i],
             status="diverged" if i == 2 else "complete")
   assert depth.select(p, res) == {"adamw": (adamw[1].lr, adamw[1].lam)}
-  extra = depth.planned(p, res)[12:]
-  # ResNet-20 seed 0 at the chosen point is the grid run itself: not planned twice.
+  plan = depth.planned(p, res)
+  # The deep seed-0 run first; ResNet-20 seed 0 at the chosen point is the grid
+  # run itself (not planned twice); then the grid, the BN control, seed 1.
+  assert plan[1:13] == depth.grid_runs(p)
+  extra = plan[:1] + plan[13:]
   assert [(r.stage, r.model, r.seed, r.use_bn) for r in extra] == [
       ("final", "resnet56", 0, False), ("bn", "resnet20", 0, True),
-      ("final", "resnet20", 1, False), ("final", "resnet56", 1, False),
+      ("final", "resnet56", 1, False), ("final", "resnet20", 1, False),
       ("bn", "resnet20", 1, True)]
   assert all((r.optimizer, r.lr, r.lam) == ("adamw", adamw[1].lr, adamw[1].lam) for r in extra)
   # Ties on accuracy go to the lower validation loss.
@@ -111,7 +114,7 @@ def _fake_records(tmp_path):
   base = {"adam_l2": 0.50, "adamw": 0.60, "adamprox": 0.61}
   for r in depth.grid_runs(p):
     write(r, base[r.optimizer] - 0.01, 1.0)
-  for r in depth.planned(p, res)[12:]:
+  for r in [r for r in depth.planned(p, res) if r.stage != "grid"]:
     depth_drop = 0.1 if r.model == "resnet56" and r.optimizer == "adam_l2" else 0.0
     write(r, base[r.optimizer] - depth_drop + 0.01 * r.seed, 1.0 + depth_drop)
   return p, res

@@ -156,21 +156,30 @@ def select(p: Protocol, results: pathlib.Path = RESULTS) -> dict[str, tuple[floa
 
 
 def planned(p: Protocol, results: pathlib.Path = RESULTS) -> list[DepthRun]:
-  """Every run that can be defined now, in priority order: the grid, then per
-  optimizer with a complete grid its selected settings on every model and
-  seed, and the BN control (seed 0 of everything before seed 1)."""
-  runs = grid_runs(p)
+  """Every run that can be defined now, in priority order: per optimizer with a
+  complete grid, its selected settings on the deeper models (seed 0) first, as
+  they take longest and carry the depth comparison; then the rest of the grid;
+  then the BN control (seed 0); then seed 1 of the finals and the BN control."""
+  grid = grid_runs(p)
   chosen = select(p, results)
-  for seed in p.seeds:
-    for model in p.models:
+
+  def finals(seed):
+    out = []
+    for model in p.models[::-1]:
       for opt in OPTIMIZERS:
         if opt in chosen:
           run = DepthRun("final", model, opt, *chosen[opt], seed)
-          if run not in runs and dataclasses.replace(run, stage="grid") not in runs:
-            runs.append(run)
-    for opt in OPTIMIZERS:
-      if opt in chosen:
-        runs.append(DepthRun("bn", p.bn_model, opt, *chosen[opt], seed, use_bn=True))
+          if dataclasses.replace(run, stage="grid") not in grid:
+            out.append(run)
+    return out
+
+  def bn(seed):
+    return [DepthRun("bn", p.bn_model, opt, *chosen[opt], seed, use_bn=True)
+            for opt in OPTIMIZERS if opt in chosen]
+
+  runs = finals(p.seeds[0]) + grid + bn(p.seeds[0])
+  for seed in p.seeds[1:]:
+    runs += finals(seed) + bn(seed)
   return runs
 
 
