@@ -30,7 +30,6 @@ part) and prints their paths. The CIFAR runs are ordinary training runs in
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import pathlib
 import sys
@@ -90,14 +89,14 @@ def cifar_config(opt: str, k: float, args) -> Any:
 
 def part_cifar(args, bar) -> list[dict[str, Any]]:
   from experiments.training.loop import run  # imports flax: only when needed
+  from experiments.training.run_dir import read_metrics
 
   rows = []
   for opt, k in cifar_runs(args.multiplier):
     cfg = cifar_config(opt, k, args)
     bar.set_description(f"3/3 CIFAR {LABEL[opt]} x{k:g}")
     summary = run(cfg, log=lambda msg: None)
-    metrics = [json.loads(l) for l in
-               (pathlib.Path(cfg.out) / "metrics.jsonl").read_text().splitlines() if l]
+    metrics = read_metrics(pathlib.Path(cfg.out), cfg.epochs)
     rows.append(dict(optimizer=opt, multiplier=k, lr=cfg.lr, lam=cfg.weight_decay,
                      train_loss=summary["train_loss"], test_acc=summary["test_acc"],
                      curve=[m["train_loss"] for m in metrics],

@@ -58,7 +58,9 @@ import sys
 import time
 
 from experiments.files import write_json
+from experiments.study.runner import launch_train
 from experiments.study.spec import ROOT, read_summary
+from experiments.training.run_dir import read_metrics
 
 OPTIMIZERS = ("adam_l2", "adamw", "adamprox")
 RESULTS = ROOT / "docs" / "results" / "depth_study"
@@ -196,7 +198,7 @@ def export(run: DepthRun, p: Protocol, runs_dir: pathlib.Path,
   if summary is None or summary.get("status") not in ("complete", "diverged"):
     return None
   cfg = json.loads((d / "resolved_config.json").read_text())
-  rows = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines() if l.strip()]
+  rows = read_metrics(d, p.epochs)
   last = rows[-1] if rows else {}
   return write_json(results / f"{run.name}.json", {
       "run": dataclasses.asdict(run), "protocol": dataclasses.asdict(p),
@@ -234,13 +236,8 @@ def run_study(p: Protocol, runs_dir: pathlib.Path, workers: int, pin: bool,
     while queue and len(active) < workers and (max_runs is None or started < max_runs):
       slot = min(set(range(workers)) - set(active))
       run = queue.pop(0)
-      cmd = [sys.executable, "-m", "experiments.train", *run.flags(p, runs_dir)]
       core = cores[slot % len(cores)] if cores else None
-      with open(runs_dir / "logs" / f"{run.name}.log", "a") as log:
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-            preexec_fn=(lambda c=core: os.sched_setaffinity(0, {c})) if core is not None
-            else None)
+      proc = launch_train(run.flags(p, runs_dir), runs_dir / "logs" / f"{run.name}.log", core)
       active[slot] = (proc, run, time.time())
       started += 1
       print(f"start {run.stage} {run.name}" + (f" on core {core}" if core is not None else ""),

@@ -28,8 +28,8 @@ import numpy as np
 
 from experiments.files import write_figure, write_text
 
-LABEL = {"adam_l2": "Adam-L2", "adamw": "AdamW", "adamprox": "AdamProx"}
-COLOR = {"adam_l2": "tab:red", "adamw": "tab:blue", "adamprox": "tab:green"}
+from experiments.study.report import COLOR, LABEL
+
 OPTIMIZERS = tuple(LABEL)
 PAIRS = (("adamw", "adam_l2"), ("adamprox", "adamw"))
 
@@ -52,17 +52,6 @@ def _fmt(ms: dict, scale: float = 1.0, digits: int = 3) -> str:
   if ms["sd"] is not None:
     s += f" ± {ms['sd'] * scale:.{digits}f}"
   return s + f" (n={ms['n']})"
-
-
-def _iqr_octaves(hist: dict) -> float | None:
-  """Inter-quartile range (octaves) of the recorded log2 histogram."""
-  counts, edges = hist.get("update_log2_hist"), hist.get("update_log2_edges")
-  if not counts or not edges or sum(counts) == 0:
-    return None
-  c = np.cumsum(counts) / sum(counts)
-  x = np.linspace(edges[0], edges[1], len(counts) + 1)
-  q = lambda p: float(np.interp(p, np.concatenate([[0.0], c]), x))
-  return q(0.75) - q(0.25)
 
 
 def summarize(records: list[dict]) -> dict:
@@ -98,7 +87,9 @@ def summarize(records: list[dict]) -> dict:
         "diverged": sum(x["status"] == "diverged" for x in recs),
         **{k: _ms(x["final"].get(k) for x in done)
            for k in ("test_acc", "val_acc", "train_loss", "train_acc")},
-        "update_iqr": _ms(_iqr_octaves(x["final_update_hist"]) for x in done),
+        # The loop's own summary of the last epoch (proxopt.update_scale_summary,
+        # which also counts the values outside the histogram's range).
+        "update_iqr": _ms(x["curves"]["update_iqr_octaves"][-1] for x in done),
     }
   pairs = []
   for bn in ("nobn", "bn"):

@@ -21,6 +21,17 @@ from experiments.study import report, spec
 from experiments.study.spec import ROOT, Run, _status, study
 
 
+def launch_train(flags: list[str], log_path: pathlib.Path,
+                 core: int | None) -> subprocess.Popen:
+  """Starts ``python -m experiments.train FLAGS`` from the checkout, appending its
+  output to ``log_path``, bound to CPU ``core`` if given."""
+  with open(log_path, "a") as log:
+    return subprocess.Popen(
+        [sys.executable, "-m", "experiments.train", *flags], stdout=log,
+        stderr=subprocess.STDOUT, cwd=ROOT,
+        preexec_fn=(lambda c=core: os.sched_setaffinity(0, {c})) if core is not None else None)
+
+
 def run_all(scale: str, runs_dir: pathlib.Path, workers: int, pin: bool,
             only: str | None = None) -> int:
   """Runs the study with ``workers`` processes; returns the number of failures."""
@@ -40,13 +51,9 @@ def run_all(scale: str, runs_dir: pathlib.Path, workers: int, pin: bool,
     while todo and len(active) < workers:
       slot = min(set(range(workers)) - set(active))
       run = todo.pop(0)
-      cmd = [sys.executable, "-m", "experiments.train", *run.flags(scale, runs_dir)]
-      log = open(runs_dir / "logs" / f"{run.part}-{run.name}.log", "a")
       core = cores[slot % len(cores)] if cores else None
-      proc = subprocess.Popen(
-          cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-          preexec_fn=(lambda c=core: os.sched_setaffinity(0, {c})) if core is not None else None)
-      log.close()
+      proc = launch_train(run.flags(scale, runs_dir),
+                          runs_dir / "logs" / f"{run.part}-{run.name}.log", core)
       active[slot] = (proc, run, time.time())
       print(f"  start {run.part}/{run.name}" + (f" on core {core}" if core is not None else ""),
             flush=True)
