@@ -22,8 +22,8 @@ loaded CPU, torch's OpenMP barriers can make all cores slower than one).
 ``compile_s`` is the first JAX call (trace + compile + one step) minus the
 median step. ``--precision bfloat16`` times both sides in mixed precision:
 the JAX step with ``precision="bfloat16"`` (bfloat16 convolutions and
-activations, float32 weights, optimizer state and loss; XLA's convolutions,
-oneDNN's kernels being float32-only) against PyTorch under
+activations, float32 weights, optimizer state and loss; ``--convs`` as in
+float32, oneDNN having bfloat16 kernels too) against PyTorch under
 ``torch.autocast("cpu", dtype=torch.bfloat16)`` around forward and loss,
 with float32 master weights (``benchmarks/torch_peer.py``).
 
@@ -231,8 +231,8 @@ def parse_args(argv=None):
   ap.add_argument("--precision", default="float32",
                   choices=("float32", "bfloat16"),
                   help="float32 (default), or bfloat16 mixed precision on "
-                  "both sides: the JAX step's precision='bfloat16' (XLA's "
-                  "convolutions) vs torch.autocast(bfloat16) with float32 "
+                  "both sides: the JAX step's precision='bfloat16' (with "
+                  "--convs' kernels) vs torch.autocast(bfloat16) with float32 "
                   "master weights")
   ap.add_argument("--reps", type=int, default=None,
                   help="interleaved rounds (default 5; 2 with --quick)")
@@ -276,9 +276,6 @@ def parse_args(argv=None):
     ap.error("--reps must be >= 1")
   if args.resume and not args.json:
     ap.error("--resume needs --json FILE")
-  if args.precision != "float32" and "onednn" in args.convs:
-    ap.error("--convs onednn: oneDNN's kernels are float32-only; with "
-             "--precision bfloat16 use --convs xla or auto")
   if args.quick:
     args.depths, args.batch = [8], 8
   return args

@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
   a("--precision", choices=PRECISIONS,
     help="compute dtype: float32 (default), or bfloat16 mixed precision as on "
     "TPU/GPU (bfloat16 convolutions and activations; float32 weights, "
-    "gradients, optimizer state, BatchNorm statistics and loss; XLA's "
-    "convolutions). On CPU a numerics check, not a speed-up")
+    "gradients, optimizer state, BatchNorm statistics and loss; --conv "
+    "picks the convolutions as in float32)")
   a("--max-steps", dest="max_steps", type=int, help="stop after N steps in total")
   a("--log-every", dest="log_every", type=int,
     help=f"steps between host reads of the metrics (default {_D.log_every})")

@@ -1,5 +1,6 @@
 """Tests of experiments.kernels.onednn: the oneDNN convolutions equal XLA's
-(forward, input and weight gradients), fall back to lax where unsupported,
+(forward, input and weight gradients; float32, and bfloat16 within one
+rounding of the float32 result), fall back to lax where unsupported,
 work under jit/vmap, fail with an actionable message when unavailable, and
 are compiled only when asked for (here: by the `onednn` fixture, on first use,
 never at collection)."""
@@ -104,10 +105,13 @@ def test_float64_reference_on_resnet_block_shape():
 @needs_onednn
 def test_unsupported_arguments_fall_back_to_lax():
   x = jnp.ones((2, 6, 6, 4)); kern = jnp.ones((3, 3, 4, 4))
+  xb, kb = x.astype(jnp.bfloat16), kern.astype(jnp.bfloat16)
   conv = onednn_conv.conv_general_dilated
   cases = {
-      "bfloat16": lambda: conv(x.astype(jnp.bfloat16), kern.astype(jnp.bfloat16),
-                               (1, 1), "SAME", dimension_numbers=DN),
+      "float16": lambda: conv(x.astype(jnp.float16), kern.astype(jnp.float16),
+                              (1, 1), "SAME", dimension_numbers=DN),
+      "bf16->f32": lambda: conv(xb, kb, (1, 1), "SAME", dimension_numbers=DN,
+                                preferred_element_type=jnp.float32),
       "dilation": lambda: conv(x, kern, (1, 1), "SAME", rhs_dilation=(2, 2),
                                dimension_numbers=DN),
       "groups": lambda: conv(x, kern[:, :, :2], (1, 1), "SAME", dimension_numbers=DN,
@@ -117,9 +121,97 @@ def test_unsupported_arguments_fall_back_to_lax():
   }
   for name, f in cases.items():
     text = jax.jit(f).lower().as_text()
-    assert "ProxoptConv" not in text, name
+    assert "experiments_onednn_conv_" not in text, name
     assert "convolution" in text, name
   assert _custom_calls(lambda: conv(x, kern, (1, 1), "SAME", dimension_numbers=DN)) == 1
+  # float32 and bfloat16 run on oneDNN, the output in the inputs' dtype
+  # (also when that dtype is asked for explicitly); mixed dtypes do not.
+  for a, b, pet in ((x, kern, jnp.float32), (xb, kb, None), (xb, kb, jnp.bfloat16)):
+    assert onednn_conv.supports(a, b, (1, 1), "SAME", dimension_numbers=DN,
+                                preferred_element_type=pet)
+  assert not onednn_conv.supports(xb, kern, (1, 1), "SAME", dimension_numbers=DN)
+  assert not onednn_conv.supports(x, kb, (1, 1), "SAME", dimension_numbers=DN)
+  y = conv(xb, kb, (1, 1), "SAME", dimension_numbers=DN)
+  assert y.dtype == jnp.bfloat16
+  assert _custom_calls(lambda: conv(xb, kb, (1, 1), "SAME", dimension_numbers=DN)) == 1
+
+
+# bfloat16 on the ResNet shapes, (batch, H=W, C, K, stride), 3x3 SAME. oneDNN
+# accumulates in float32 and rounds the result (the weight gradient too) to
+# bfloat16 once, so each element must be the float32 convolution of the same
+# bfloat16-rounded operands within one bfloat16 rounding: relative error <=
+# 2^-8 (bfloat16's unit roundoff, 3.9e-3). Measured on these shapes (batch 8):
+# max elementwise relative error 3.89e-3 (forward and input gradient) and
+# 3.86e-3 (weight gradient), except near-zero elements, where float32
+# summation order adds at most 3e-8 of the largest |element|; relative to the
+# largest element the error is <= 3.5e-3 (XLA's own bfloat16 convolution: the
+# same; >= 99.96% of the elements equal oneDNN's bit for bit). So rtol = 2^-8
+# and atol = 1e-5 of the largest element (300x the measured excess). A kernel
+# summing in bfloat16 (27..576 products per output here) would miss by ~1e-2.
+BF16_CASES = [(8, 32, 3, 16, 1), (8, 32, 16, 16, 1), (8, 32, 16, 32, 2),
+              (8, 16, 32, 32, 1), (8, 16, 32, 64, 2), (8, 8, 64, 64, 1)]
+BF16_RTOL, BF16_ATOL = 2.0 ** -8, 1e-5
+
+
+def _conv_vjp(conv, x, kern, g, stride):
+  y, vjp = jax.vjp(lambda x, kern: conv(x, kern, (stride, stride), "SAME",
+                                       dimension_numbers=DN), x, kern)
+  return (y, *vjp(g))
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", BF16_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_bf16_forward_and_gradients_within_one_rounding_of_float32(case):
+  n, h, c, k, stride = case
+  keys = jax.random.split(jax.random.key(2), 3)
+  bf16 = lambda a: a.astype(jnp.bfloat16)
+  x = bf16(jax.random.normal(keys[0], (n, h, h, c)))
+  kern = bf16(jax.random.normal(keys[1], (3, 3, c, k)) / np.sqrt(9 * c))
+  g = bf16(jax.random.normal(keys[2], (n, -(-h // stride), -(-h // stride), k)))
+  f = jax.jit(_conv_vjp, static_argnums=(0, 4))
+  got = f(onednn_conv.conv_general_dilated, x, kern, g, stride)
+  f32 = lambda a: a.astype(jnp.float32)
+  ref = f(lax.conv_general_dilated, f32(x), f32(kern), f32(g), stride)
+  for name, a, r in zip(("forward", "input gradient", "weight gradient"), got, ref):
+    assert a.dtype == jnp.bfloat16, name  # the cotangent dtype JAX expects
+    a, r = np.asarray(a, np.float64), np.asarray(r, np.float64)
+    np.testing.assert_allclose(a, r, rtol=BF16_RTOL,
+                               atol=BF16_ATOL * np.abs(r).max(), err_msg=name)
+  # All three ran on the bfloat16 kernels.
+  text = f.lower(onednn_conv.conv_general_dilated, x, kern, g, stride).as_text()
+  for kind in ("fwd", "bwd_data", "bwd_weights"):
+    assert text.count(f"experiments_onednn_conv_{kind}_bf16") == 1, kind
+
+
+@needs_onednn
+def test_bf16_auto_conv_picks_onednn_when_built():
+  """With the kernels built, conv='auto' in bfloat16 resolves as in float32
+  (oneDNN on one CPU device), for the train and the eval step."""
+  import optax
+  from flax import nnx
+  from experiments.models.resnet import ResNet
+  from experiments.steps.train_step import (
+      create_train_state, make_eval_step, make_train_step)
+  if jax.default_backend() != "cpu":
+    pytest.skip("conv='auto' picks oneDNN only on CPU")
+  model = ResNet(8, 10, use_bn=True, rngs=nnx.Rngs(0))
+  tx = optax.sgd(0.1)
+  st = make_train_step(model, tx, impl="plain", precision="bfloat16")
+  f32 = make_train_step(model, tx, impl="plain")
+  assert (st.conv, st.precision) == ("onednn", "bfloat16")
+  assert st.conv_reason == f32.conv_reason == "auto: oneDNN kernels built, one CPU device"
+  images = np.zeros((8, 32, 32, 3), np.uint8); labels = np.arange(8) % 10
+  state = create_train_state(model, tx)
+  text = st.jitted.lower(state, images, labels).as_text()
+  assert "experiments_onednn_conv_fwd_bf16" in text
+  assert "stablehlo.convolution" not in text  # every convolution on oneDNN
+  # The eval step too: its 7 forward convolutions on oneDNN in bfloat16.
+  ev = make_eval_step(model, precision="bfloat16")
+  jaxpr = str(jax.make_jaxpr(ev)(state, images, labels))
+  assert jaxpr.count("experiments_onednn_conv_fwd_bf16") == 7
+  assert "conv_general_dilated" not in jaxpr
+  out = ev(state, images, labels)
+  assert np.isfinite(float(out["loss_sum"])) and float(out["count"]) == 8
 
 
 @needs_onednn

@@ -480,15 +480,15 @@ def _float_dtypes(tree):
 
 @pytest.fixture(scope="module")
 def bf16_steps(setup):
-  """The `setup` step (grad_capture, multiplier 2, seed 3) in bfloat16,
-  plain and blockwise (nofusion shares plain's code path)."""
+  """The `setup` step (grad_capture, multiplier 2, seed 3) in bfloat16 with
+  XLA's convolutions, plain and blockwise (nofusion shares plain's code path)."""
   model, _, _ = setup
   images, labels = _batch()
   tx = grad_capture()
   out = {}
   for impl in ("plain", "blockwise"):
     st = make_train_step(model, tx, impl=impl, loss_multiplier=2.0,
-                         precision="bfloat16")
+                         conv="xla", precision="bfloat16")
     assert (st.impl, st.conv, st.conv_grad_chunk, st.precision) == (
         impl, "xla", 0, "bfloat16")
     out[impl] = (st,) + st(create_train_state(model, tx, seed=3), images, labels)
@@ -542,6 +542,78 @@ def test_bf16_blockwise_equals_plain_bf16(bf16_steps):
   assert _float_dtypes((block.opt_state, block.model_state)) == {"float32"}
 
 
+# oneDNN's bfloat16 convolutions vs XLA's, both in the bfloat16 step. Without
+# BN they are the same computation up to float32 summation order inside the
+# convolutions (measured: loss bit-identical, every leaf's cosine >= 0.999999),
+# so each leaf must reach 0.9999. With BN the batch-8 gradient amplifies the
+# odd 1-ulp bfloat16 difference (measured: loss 7.5e-4 relative, worst leaf
+# 0.987 -- a BN bias --, whole gradient 0.997, BN statistics 1e-3 of their
+# largest value): XLA keeps some intermediate results in float32
+# (xla_allow_excess_precision; with it off, XLA's bfloat16 step is as far from
+# float32 as oneDNN's: worst leaf 0.9845 vs 0.9844), oneDNN's are all rounded
+# to bfloat16. So with BN the bfloat16-vs-float32 tolerances apply. Either
+# way the oneDNN step must also meet them against float32 (measured: worst
+# leaf 0.9986 / 0.984, whole gradient 0.99996 / 0.997, loss 4e-4 / 6e-5).
+ONEDNN_BF16_LEAF_COSINE = {False: 0.9999, True: BF16_LEAF_COSINE[True]}
+ONEDNN_BF16_TOTAL_COSINE = {False: 0.99999, True: BF16_TOTAL_COSINE[True]}
+
+
+@pytest.fixture(scope="module")
+def bf16_onednn_steps(setup):
+  """`bf16_steps` with oneDNN's convolutions (skips where they cannot be built)."""
+  why_not = _onednn_unavailable()
+  if why_not:
+    pytest.skip(why_not)
+  model, _, _ = setup
+  images, labels = _batch()
+  tx = grad_capture()
+  out = {}
+  for impl in ("plain", "blockwise"):
+    st = make_train_step(model, tx, impl=impl, loss_multiplier=2.0,
+                         conv="onednn", precision="bfloat16")
+    assert (st.impl, st.conv, st.conv_grad_chunk, st.precision) == (
+        impl, "onednn", 0, "bfloat16")
+    out[impl] = (st,) + st(create_train_state(model, tx, seed=3), images, labels)
+  return out
+
+
+@pytest.mark.parametrize("impl", ["plain", "blockwise"])
+def test_bf16_onednn_step_matches_xla_bf16_and_float32(setup, bf16_steps,
+                                                       bf16_onednn_steps, impl):
+  model, out, _ = setup
+  _, state, metrics = bf16_onednn_steps[impl]
+  assert metrics["loss"].dtype == jnp.float32
+  assert _float_dtypes((state.params, state.opt_state, state.model_state)) == {"float32"}
+  refs = {"xla bf16": bf16_steps[impl][1:],
+          "float32": out["plain"]}
+  for what, (ref_state, ref_metrics) in refs.items():
+    np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"],
+                               rtol=BF16_LOSS_RTOL, err_msg=what)
+    leaf, total = _cosines(state.opt_state, ref_state.opt_state)
+    leaf_min = (ONEDNN_BF16_LEAF_COSINE if what == "xla bf16" else BF16_LEAF_COSINE)
+    total_min = (ONEDNN_BF16_TOTAL_COSINE if what == "xla bf16" else BF16_TOTAL_COSINE)
+    assert min(leaf) > leaf_min[model.use_bn], (what, leaf)
+    assert total > total_min[model.use_bn], (what, total)
+    assert_trees_close(state.model_state, ref_state.model_state, rtol=2e-2,
+                       what=f"bf16 oneDNN BN statistics vs {what}")
+
+
+def test_bf16_onednn_step_runs_every_convolution_on_bf16_kernels(setup,
+                                                                 bf16_onednn_steps):
+  model, _, _ = setup
+  st = bf16_onednn_steps["plain"][0]
+  images, labels = _batch()
+  hlo = st.jitted.lower(create_train_state(model, grad_capture(), seed=3),
+                        images, labels).as_text()
+  calls = [l for l in hlo.splitlines() if "experiments_onednn_conv_" in l]
+  assert "stablehlo.convolution" not in hlo
+  # ResNet-8: 7 forward convolutions, 7 weight gradients, 6 or 7 input
+  # gradients (the stem's is dead code); all on the bfloat16 kernels.
+  assert sum("conv_fwd_bf16" in l for l in calls) == 7
+  assert sum("conv_bwd_weights_bf16" in l for l in calls) == 7
+  assert all("_bf16" in l for l in calls), calls
+
+
 def test_bf16_training_keeps_float32_state_and_eval_matches():
   model = ResNet(8, 10, use_bn=True, rngs=nnx.Rngs(2))
   tx = optax.adamw(3e-3, weight_decay=1e-4)
@@ -575,14 +647,13 @@ def test_precision_choice_errors():
       make_train_step(model, tx, precision=bad)
   with pytest.raises(ValueError, match=r"make_eval_step: unknown `precision=.*float32, bfloat16"):
     make_eval_step(model, precision="fp32")
-  # oneDNN's kernels are float32-only: asked for, it raises (naming both
-  # arguments and the fix) before anything is built; 'auto' picks XLA and says why.
-  with pytest.raises(ValueError, match=r"conv='onednn'.*precision='bfloat16'.*conv='xla'"):
-    make_train_step(model, tx, conv="onednn", precision="bfloat16")
-  with pytest.raises(ValueError, match=r"conv='onednn'.*precision='bfloat16'"):
-    make_eval_step(model, conv="onednn", precision="bfloat16")
+  # oneDNN has bfloat16 kernels: 'auto' resolves as in float32 (oneDNN only
+  # where already built; checked without building anything here).
   st = make_train_step(model, tx, precision="bfloat16")
-  assert st.conv == "xla" and "bfloat16" in st.conv_reason
+  f32 = make_train_step(model, tx)
+  assert (st.conv, st.conv_reason) == (f32.conv, f32.conv_reason)
+  assert st.conv == ("onednn" if jax.default_backend() == "cpu"
+                     and onednn_conv.available() else "xla")
   # No chunked weight gradient in bfloat16: off under 'auto', refused if asked.
   assert make_train_step(model, tx, impl="nofusion", conv="xla",
                          precision="bfloat16").conv_grad_chunk == 0

@@ -1,11 +1,15 @@
-// 2-D convolutions (NHWC activations, HWIO weights, float32) on oneDNN, as XLA FFI handlers.
+// 2-D convolutions (NHWC activations, HWIO weights, float32 or bfloat16) on oneDNN, as XLA FFI handlers.
 //
-// Three handlers, one per oneDNN primitive: forward, backward-data (input
-// gradient) and backward-weights (weight gradient). Activations stay in the
-// caller's NHWC layout; weights are reordered between JAX's HWIO and the
-// blocked layout oneDNN picks (a few KB per call). Primitives are built once
-// per shape and cached. Calls are serialised: each one already uses every core
-// through oneDNN's OpenMP threads. Built by experiments/onednn_conv.py.
+// Three handlers per element type, one per oneDNN primitive: forward,
+// backward-data (input gradient) and backward-weights (weight gradient); the
+// bfloat16 ones are the float32 names with a `_bf16` suffix. Both operands and
+// the result share one element type; oneDNN accumulates in float32, and the
+// bfloat16 weight gradient is kept in float32 until its final reorder to HWIO.
+// Activations stay in the caller's NHWC layout; weights are reordered between
+// JAX's HWIO and the blocked layout oneDNN picks (a few KB per call).
+// Primitives are built once per shape and element type and cached. Calls are
+// serialised: each one already uses every core through oneDNN's OpenMP
+// threads. Built by experiments/kernels/onednn.py.
 #include <array>
 #include <cstdlib>
 #include <new>
@@ -26,8 +30,9 @@ using dt = dnnl::memory::data_type;
 
 namespace {
 
-// n, h, w, c, kh, kw, k, oh, ow, stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, kind
-using Key = std::array<int64_t, 16>;
+// n, h, w, c, kh, kw, k, oh, ow, stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right,
+// kind, element type (a dnnl::memory::data_type)
+using Key = std::array<int64_t, 17>;
 enum Kind : int64_t { kFwd = 0, kBwdData = 1, kBwdWeights = 2 };
 
 struct Entry {
@@ -77,8 +82,9 @@ std::shared_ptr<Entry> Build(const Key& k) {
   memory::dims src{k[0], k[3], k[1], k[2]}, dst{k[0], k[6], k[7], k[8]};
   memory::dims wei{k[6], k[3], k[4], k[5]};
   memory::dims strides{k[9], k[10]}, pl{k[11], k[13]}, pr{k[12], k[14]};
-  memory::desc src_md(src, dt::f32, tag::nhwc), dst_md(dst, dt::f32, tag::nhwc);
-  memory::desc wany(wei, dt::f32, tag::any), wuser(wei, dt::f32, tag::hwio);
+  const dt type = static_cast<dt>(k[16]);
+  memory::desc src_md(src, type, tag::nhwc), dst_md(dst, type, tag::nhwc);
+  memory::desc wany(wei, type, tag::any), wuser(wei, type, tag::hwio);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   auto fwd = dnnl::convolution_forward::primitive_desc(
@@ -99,8 +105,12 @@ std::shared_ptr<Entry> Build(const Key& k) {
     e->wei_prim = pd.weights_desc();
     e->scratch = pd.scratchpad_desc();
   } else {
+    // The weight gradient sums over batch and pixels: accumulate it in f32
+    // (a supported config with bf16 src/diff_dst); the reorder to the user's
+    // HWIO rounds it to the weights' type once.
+    memory::desc dw_any(wei, dt::f32, tag::any);
     auto pd = dnnl::convolution_backward_weights::primitive_desc(
-        eng, dnnl::algorithm::convolution_direct, src_md, wany, dst_md, strides, pl, pr, fwd, attr);
+        eng, dnnl::algorithm::convolution_direct, src_md, dw_any, dst_md, strides, pl, pr, fwd, attr);
     e->prim = dnnl::convolution_backward_weights(pd);
     e->act_a = src_md; e->act_b = dst_md;
     e->wei_prim = pd.diff_weights_desc();
@@ -110,11 +120,11 @@ std::shared_ptr<Entry> Build(const Key& k) {
   return e;
 }
 
-ffi::Error Run(int64_t kind, const int64_t* nhwc, const int64_t* hwio, const int64_t* out_nhwc,
+ffi::Error Run(int64_t kind, dt type, const int64_t* nhwc, const int64_t* hwio, const int64_t* out_nhwc,
                ffi::Span<const int64_t> geom, void* a, void* b, void* out) {
   if (geom.size() != 6) return ffi::Error(ffi::ErrorCode::kInvalidArgument, "geometry must have 6 entries");
   Key k{nhwc[0], nhwc[1], nhwc[2], nhwc[3], hwio[0], hwio[1], hwio[3], out_nhwc[1], out_nhwc[2],
-        geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], kind};
+        geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], kind, static_cast<int64_t>(type)};
   try {
     std::lock_guard<std::mutex> lock(Mutex());
     auto& cache = Cache();
@@ -157,32 +167,44 @@ ffi::Error Run(int64_t kind, const int64_t* nhwc, const int64_t* hwio, const int
   return ffi::Error::Success();
 }
 
-ffi::Error Fwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
+// The handlers, one instantiation per element type T (F32 or BF16).
+template <ffi::DataType T>
+constexpr dt DnnlType() { return T == ffi::DataType::BF16 ? dt::bf16 : dt::f32; }
+
+template <ffi::DataType T>
+ffi::Error Fwd(ffi::Buffer<T> x, ffi::Buffer<T> w, ffi::ResultBuffer<T> y,
                ffi::Span<const int64_t> geom) {
-  return Run(kFwd, x.dimensions().begin(), w.dimensions().begin(), y->dimensions().begin(), geom,
-             x.untyped_data(), w.untyped_data(), y->untyped_data());
+  return Run(kFwd, DnnlType<T>(), x.dimensions().begin(), w.dimensions().begin(),
+             y->dimensions().begin(), geom, x.untyped_data(), w.untyped_data(), y->untyped_data());
 }
 
-ffi::Error BwdData(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
+template <ffi::DataType T>
+ffi::Error BwdData(ffi::Buffer<T> g, ffi::Buffer<T> w, ffi::ResultBuffer<T> dx,
                    ffi::Span<const int64_t> geom) {
-  return Run(kBwdData, dx->dimensions().begin(), w.dimensions().begin(), g.dimensions().begin(), geom,
-             g.untyped_data(), w.untyped_data(), dx->untyped_data());
+  return Run(kBwdData, DnnlType<T>(), dx->dimensions().begin(), w.dimensions().begin(),
+             g.dimensions().begin(), geom, g.untyped_data(), w.untyped_data(), dx->untyped_data());
 }
 
-ffi::Error BwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> dw,
+template <ffi::DataType T>
+ffi::Error BwdWeights(ffi::Buffer<T> x, ffi::Buffer<T> g, ffi::ResultBuffer<T> dw,
                       ffi::Span<const int64_t> geom) {
-  return Run(kBwdWeights, x.dimensions().begin(), dw->dimensions().begin(), g.dimensions().begin(), geom,
-             x.untyped_data(), g.untyped_data(), dw->untyped_data());
+  return Run(kBwdWeights, DnnlType<T>(), x.dimensions().begin(), dw->dimensions().begin(),
+             g.dimensions().begin(), geom, x.untyped_data(), g.untyped_data(), dw->untyped_data());
+}
+
+// Two T operands, one T result, the geometry attribute: all three handlers.
+template <ffi::DataType T>
+auto Binding() {
+  return ffi::Ffi::Bind().Arg<ffi::Buffer<T>>().template Arg<ffi::Buffer<T>>()
+      .template Ret<ffi::Buffer<T>>().template Attr<ffi::Span<const int64_t>>("geometry");
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(experiments_onednn_conv_fwd, Fwd,
-    ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
-        .Ret<ffi::Buffer<ffi::F32>>().Attr<ffi::Span<const int64_t>>("geometry"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(experiments_onednn_conv_bwd_data, BwdData,
-    ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
-        .Ret<ffi::Buffer<ffi::F32>>().Attr<ffi::Span<const int64_t>>("geometry"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(experiments_onednn_conv_bwd_weights, BwdWeights,
-    ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
-        .Ret<ffi::Buffer<ffi::F32>>().Attr<ffi::Span<const int64_t>>("geometry"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(experiments_onednn_conv_fwd, Fwd<ffi::F32>, Binding<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(experiments_onednn_conv_bwd_data, BwdData<ffi::F32>, Binding<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(experiments_onednn_conv_bwd_weights, BwdWeights<ffi::F32>, Binding<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(experiments_onednn_conv_fwd_bf16, Fwd<ffi::BF16>, Binding<ffi::BF16>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(experiments_onednn_conv_bwd_data_bf16, BwdData<ffi::BF16>, Binding<ffi::BF16>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(experiments_onednn_conv_bwd_weights_bf16, BwdWeights<ffi::BF16>,
+                              Binding<ffi::BF16>());

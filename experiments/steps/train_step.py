@@ -59,12 +59,13 @@ Independently, ``precision`` chooses the compute dtype:
   the BatchNorm statistics (computed and stored in float32), the logits fed
   to the softmax cross-entropy and the loss stay float32. The
   :class:`TrainState` is the same pytree with the same dtypes in both
-  precisions, so a checkpoint of one resumes in the other. oneDNN's kernels
-  are float32-only: ``conv="auto"`` then picks XLA's convolutions (the reason
-  is in ``train_step.conv_reason``), ``conv="onednn"`` raises; the chunked
-  weight gradient (``conv_grad_chunk``) is off (it would round each partial
-  sum to bfloat16). bfloat16 has float32's exponent range, so no loss
-  scaling is needed. On CPU it is a numerics option, not a speed one.
+  precisions, so a checkpoint of one resumes in the other. ``conv`` chooses
+  as in float32: oneDNN has bfloat16 kernels too (float32 accumulation, the
+  weight gradient rounded to bfloat16 once); the chunked weight gradient
+  (``conv_grad_chunk``) is off (it would round each partial sum to
+  bfloat16). bfloat16 has float32's exponent range, so no loss scaling is
+  needed. Its speed on CPU against float32 is measured by ``python -m
+  benchmarks.train_step --precision bfloat16``.
 
 Data parallelism: pass a ``jax.sharding.Mesh`` with an axis ``"data"``; the
 batch is sharded along it and the state replicated, and XLA inserts the
@@ -318,14 +319,14 @@ def _multi_device(mesh) -> bool:
   return mesh is not None and mesh.shape[DATA_AXIS] > 1
 
 
-def _resolve_conv(conv: str, mesh, chunk_requested: bool = False,
-                  precision: str = "float32") -> str:
-  return _resolve_conv_why(conv, mesh, chunk_requested, precision)[0]
+def _resolve_conv(conv: str, mesh, chunk_requested: bool = False) -> str:
+  return _resolve_conv_why(conv, mesh, chunk_requested)[0]
 
 
-def _resolve_conv_why(conv: str, mesh, chunk_requested: bool = False,
-                      precision: str = "float32") -> tuple[str, str]:
-  """(convolution kind, why it was chosen)."""
+def _resolve_conv_why(conv: str, mesh,
+                      chunk_requested: bool = False) -> tuple[str, str]:
+  """(convolution kind, why it was chosen). The same in both precisions:
+  oneDNN has float32 and bfloat16 kernels."""
   if conv not in CONVS:
     raise ValueError(
         f"make_train_step: unknown `conv={conv!r}`; valid choices: "
@@ -334,10 +335,7 @@ def _resolve_conv_why(conv: str, mesh, chunk_requested: bool = False,
   if conv == "auto":
     # On a multi-device mesh XLA cannot partition the custom calls (it would
     # gather the batch onto every device), so data parallelism keeps XLA's
-    # convolutions; so does an explicit conv_grad_chunk (it chunks XLA's),
-    # and bfloat16 (oneDNN's kernels here are float32-only).
-    if precision != "float32":
-      return "xla", f"auto: precision={precision!r} (oneDNN kernels are float32-only)"
+    # convolutions; so does an explicit conv_grad_chunk (it chunks XLA's).
     if jax.default_backend() != "cpu":
       return "xla", f"auto: backend {jax.default_backend()!r} (oneDNN kernels are CPU-only)"
     if _multi_device(mesh):
@@ -348,12 +346,6 @@ def _resolve_conv_why(conv: str, mesh, chunk_requested: bool = False,
       return "xla", "auto: oneDNN kernels not built (python -m experiments.kernels build)"
     return "onednn", "auto: oneDNN kernels built, one CPU device"
   if conv == "onednn":
-    if precision != "float32":
-      raise ValueError(
-          "make_train_step: `conv='onednn'` runs oneDNN's float32 kernels; "
-          f"with `precision={precision!r}` use conv='xla' (what conv='auto' "
-          "picks), or precision='float32'."
-      )
     if jax.default_backend() != "cpu":
       raise ValueError(
           "make_train_step: `conv='onednn'` runs oneDNN's CPU kernels; the "
@@ -467,8 +459,7 @@ def make_train_step(
       chunked by ``"auto"``: it is the reference). Not with bfloat16.
     precision: ``"float32"`` or ``"bfloat16"`` (bfloat16 compute, float32
       weights, gradients, optimizer state, BatchNorm statistics and loss; see
-      the module docstring). Every `impl` supports both; bfloat16 needs
-      XLA's convolutions.
+      the module docstring). Every `impl` and `conv` supports both.
 
   The returned function has attributes ``impl``, ``conv``,
   ``conv_grad_chunk`` and ``precision`` (what was resolved) and
@@ -478,7 +469,7 @@ def make_train_step(
     _check_mesh(mesh)
   precision = _check_precision(precision, "make_train_step")
   conv, conv_reason = _resolve_conv_why(
-      conv, mesh, conv_grad_chunk not in ("auto", None, 0), precision)
+      conv, mesh, conv_grad_chunk not in ("auto", None, 0))
   impl = _check_impl(impl, conv, model)
   chunk = _resolve_chunk(conv_grad_chunk, impl, conv, mesh, precision)
   loss_multiplier = float(loss_multiplier)
@@ -559,7 +550,7 @@ def make_eval_step(
     _check_mesh(mesh)
   precision = _check_precision(precision, "make_eval_step")
   eval_model = _with_precision(_with_mode(model, train=False), precision)
-  if _resolve_conv(conv, mesh, precision=precision) == "onednn":
+  if _resolve_conv(conv, mesh) == "onednn":
     eval_model = onednn_conv.with_onednn_convs(eval_model)
   graphdef, _, _ = _split(eval_model)
 
