@@ -25,14 +25,19 @@ the JAX step with ``precision="bfloat16"`` (bfloat16 convolutions and
 activations, float32 weights, optimizer state and loss; ``--convs`` as in
 float32, oneDNN having bfloat16 kernels too) against PyTorch under
 ``torch.autocast("cpu", dtype=torch.bfloat16)`` around forward and loss,
-with float32 master weights (``benchmarks/torch_peer.py``).
+with float32 master weights (``benchmarks/torch_peer.py``). ``--batch-norms``
+(like ``--convs``) chooses the JAX step's train-mode BatchNorm
+(``make_train_step(batch_norm=)``: auto, onednn, flax), e.g. ``--bn on
+--convs onednn --batch-norms flax,onednn`` compares Flax's and oneDNN's in
+one run; each row records ``batch_norm`` and ``batch_norm_resolved``.
 
 ``--json FILE`` writes (atomically after every configuration; ``--resume``
 skips configurations already in FILE)::
 
   {"machine": {...},
    "results": [{"model": "resnet20", "bn": false, "batch": 128, "impl": "auto",
-                "conv": "auto", "conv_resolved": "onednn", "precision": "float32",
+                "conv": "auto", "conv_resolved": "onednn", "batch_norm": "auto",
+                "batch_norm_resolved": "onednn", "precision": "float32",
                 "jax_step_s", "torch_step_s", "compile_s", "jax_over_torch",
                 "torch_step_s_by_threads", "torch_cl_step_s_by_threads",
                 "torch_best_step_s", "torch_best_config", "jax_over_torch_best",
@@ -74,11 +79,12 @@ def _torch_opt(model, name: str):
 
 
 def build_steps(depth: int, bn: bool, batch: int, impl: str, optimizer: str,
-                conv: str = "auto", precision: str = "float32") -> dict:
+                conv: str = "auto", precision: str = "float32",
+                batch_norm: str = "auto") -> dict:
   """The two sides of one configuration, built but not timed.
 
   Returns ``{"jax": f, "jax_step": the make_train_step function (its resolved
-  impl/conv/precision), "torch": {"nchw": f, "cl": f}, "torch_models": the
+  impl/conv/batch_norm/precision), "torch": {"nchw": f, "cl": f}, "torch_models": the
   two PyTorch models}``; every ``f()``
   takes one step on the fixed batch (the JAX one waits for its result, as
   the timing needs) and returns its loss.
@@ -99,7 +105,7 @@ def build_steps(depth: int, bn: bool, batch: int, impl: str, optimizer: str,
   model = ResNet(depth, 10, bn, rngs=nnx.Rngs(0))
   tx = _jax_tx(optimizer)
   step = make_train_step(model, tx, augment=False, impl=impl, conv=conv,
-                         precision=precision)
+                         precision=precision, batch_norm=batch_norm)
   box = {"state": create_train_state(model, tx, seed=0)}
   images_dev, labels_dev = jax.device_put(images), jax.device_put(labels)
 
@@ -129,11 +135,12 @@ def build_steps(depth: int, bn: bool, batch: int, impl: str, optimizer: str,
 
 def bench_config(depth: int, bn: bool, batch: int, impl: str, optimizer: str,
                  reps: int, threads: int, extra_threads=(), conv: str = "auto",
-                 precision: str = "float32") -> dict:
+                 precision: str = "float32", batch_norm: str = "auto") -> dict:
   import torch
 
   torch.set_num_threads(threads)
-  steps = build_steps(depth, bn, batch, impl, optimizer, conv, precision)
+  steps = build_steps(depth, bn, batch, impl, optimizer, conv, precision,
+                      batch_norm)
   jax_step, step = steps["jax"], steps["jax_step"]
 
   t0 = time.perf_counter()
@@ -165,6 +172,8 @@ def bench_config(depth: int, bn: bool, batch: int, impl: str, optimizer: str,
       "model": f"resnet{depth}", "bn": bn, "batch": batch,
       "impl": impl, "impl_resolved": getattr(step, "impl", impl),
       "conv": conv, "conv_resolved": getattr(step, "conv", conv),
+      "batch_norm": batch_norm,
+      "batch_norm_resolved": getattr(step, "batch_norm", batch_norm),
       "precision": precision,
       "optimizer": optimizer, "jax_step_s": jm, "torch_step_s": tm,
       "torch_threads": threads, "torch_step_s_by_threads": by_threads,
@@ -185,18 +194,21 @@ def bench_config(depth: int, bn: bool, batch: int, impl: str, optimizer: str,
 
 def _key(r):
   return (r["model"], r["bn"], r["batch"], r["impl"], r.get("conv", "auto"),
-          r["optimizer"], r.get("precision", "float32"))
+          r["optimizer"], r.get("precision", "float32"),
+          r.get("batch_norm", "auto"))
 
 
 def print_table(out: dict) -> None:
-  print(f"{'model':10s} {'bn':5s} {'impl/conv':22s} {'jax s':>8s} "
+  print(f"{'model':10s} {'bn':5s} {'impl/conv/bn':29s} {'jax s':>8s} "
         f"{'best torch s':>12s} {'jax/best':>8s} {'jax img/s':>10s} "
         f"{'compile s':>9s}  torch s (nchw | channels-last) by threads")
   for r in out["results"]:
     impl = f"{r['impl']}={r['impl_resolved']}/{r.get('conv_resolved', 'xla')}"
+    if r["bn"]:
+      impl += f"/{r.get('batch_norm_resolved', 'flax')}"
     if r.get("precision", "float32") != "float32":
       impl += "/bf16"
-    print(f"{r['model']:10s} {str(r['bn']):5s} {impl:22s} "
+    print(f"{r['model']:10s} {str(r['bn']):5s} {impl:29s} "
           f"{r['jax_step_s']:8.3f} {r['torch_best_step_s']:12.3f} "
           f"{r['jax_over_torch_best']:8.2f} {r['jax_images_per_s']:10.1f} "
           f"{r['compile_s']:9.2f}  "
@@ -227,6 +239,9 @@ def parse_args(argv=None):
   ap.add_argument("--convs", default="auto",
                   help="comma-separated convolution kernels of the JAX step "
                   "(auto, xla, onednn)")
+  ap.add_argument("--batch-norms", default="auto",
+                  help="comma-separated train-mode BatchNorm of the JAX step "
+                  "(auto, onednn, flax); with --bn on, e.g. flax,onednn")
   ap.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
   ap.add_argument("--precision", default="float32",
                   choices=("float32", "bfloat16"),
@@ -270,6 +285,10 @@ def parse_args(argv=None):
   for c in args.convs:
     if c not in ("auto", "xla", "onednn"):
       ap.error(f"--convs: unknown {c!r}; valid: auto, xla, onednn")
+  args.batch_norms = [b for b in args.batch_norms.split(",") if b]
+  for b in args.batch_norms:
+    if b not in ("auto", "onednn", "flax"):
+      ap.error(f"--batch-norms: unknown {b!r}; valid: auto, onednn, flax")
   if args.batch < 1:
     ap.error("--batch must be >= 1")
   if args.reps is not None and args.reps < 1:
@@ -289,19 +308,22 @@ def main(argv=None) -> dict:
   out.setdefault("results", [])
   done = {_key(r) for r in out["results"]}
   reps = args.reps or (2 if args.quick else 5)
-  configs = [(d, bn, impl, conv) for d in args.depths for bn in args.bn
-             for impl in args.impls for conv in args.convs]
-  for i, (d, bn, impl, conv) in enumerate(configs):
+  configs = [(d, bn, impl, conv, bnorm) for d in args.depths for bn in args.bn
+             for impl in args.impls for conv in args.convs
+             for bnorm in args.batch_norms]
+  for i, (d, bn, impl, conv, bnorm) in enumerate(configs):
     key = (f"resnet{d}", bn, args.batch, impl, conv, args.optimizer,
-           args.precision)
+           args.precision, bnorm)
     if key in done:
       common.log(f"[{i + 1}/{len(configs)}] {key} already done; skipping")
       continue
     common.log(f"[{i + 1}/{len(configs)}] resnet{d} bn={bn} impl={impl} "
-               f"conv={conv} precision={args.precision} batch={args.batch}: "
+               f"conv={conv} batch_norm={bnorm} precision={args.precision} "
+               f"batch={args.batch}: "
                f"{reps} interleaved rounds ...")
     row = bench_config(d, bn, args.batch, impl, args.optimizer, reps,
-                       args.threads, args.also_threads, conv, args.precision)
+                       args.threads, args.also_threads, conv, args.precision,
+                       bnorm)
     common.log(f"    jax {row['jax_step_s']:.3f} s, best torch "
                f"{row['torch_best_step_s']:.3f} s ({row['torch_best_config']}), "
                f"ratio {row['jax_over_torch_best']:.2f}")

@@ -24,6 +24,7 @@ REGULARIZERS = ("none", "l1", "group_lasso")
 CONVENTIONS = ("optax", "paper")
 IMPLS = ("auto", "plain", "nofusion", "blockwise")
 CONVS = ("auto", "xla", "onednn")
+BATCH_NORMS = ("auto", "onednn", "flax")
 PRECISIONS = ("float32", "bfloat16")
 BUDGETS = ("quick", "paper")
 
@@ -77,6 +78,7 @@ class Config:
   update_hist: bool = True
   impl: str = "auto"
   conv: str = "auto"  # auto: oneDNN only if already built, never compiles
+  batch_norm: str = "auto"  # auto: oneDNN's when conv resolves to oneDNN, float32
   precision: str = "float32"  # bfloat16: bf16 compute, float32 weights/optimizer/loss
   # bookkeeping
   recipe: str | None = None
@@ -128,6 +130,7 @@ def validate(cfg: Config) -> None:
   _choice("regularizer", cfg.regularizer, REGULARIZERS)
   _choice("impl", cfg.impl, IMPLS)
   _choice("conv", cfg.conv, CONVS)
+  _choice("batch_norm", cfg.batch_norm, BATCH_NORMS)
   _choice("precision", cfg.precision, PRECISIONS)
   ds = cfg.dataset
   if not (ds in TFDS_DATASETS or ds == "sample" or (ds.startswith("npz:") and len(ds) > 4)):

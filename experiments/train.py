@@ -15,7 +15,7 @@ import json
 import sys
 
 from experiments.config import (
-    BUDGETS, CONVS, IMPLS, OPTIMIZERS, PRECISIONS, SCHEDULES, Config, ConfigError)
+    BATCH_NORMS, BUDGETS, CONVS, IMPLS, OPTIMIZERS, PRECISIONS, SCHEDULES, Config, ConfigError)
 from experiments.configs import resolve
 from experiments.kernels.onednn import OneDNNUnavailable
 from experiments.models import MODELS
@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
   a("--conv", help=f"convolution kernels: {', '.join(CONVS)} (default auto: oneDNN "
     "on one CPU device if already built by `python -m experiments.kernels build`, "
     "else XLA; onednn builds them on first use)")
+  a("--batch-norm", dest="batch_norm", choices=BATCH_NORMS,
+    help="BatchNorm in train mode: auto (default: oneDNN's when --conv resolves "
+    "to onednn in float32, else Flax's), onednn or flax; eval always uses Flax's")
   a("--precision", choices=PRECISIONS,
     help="compute dtype: float32 (default), or bfloat16 mixed precision as on "
     "TPU/GPU (bfloat16 convolutions and activations; float32 weights, "
@@ -131,8 +134,8 @@ def main(argv=None) -> int:
     write_failure(cfg, str(e))
     print(f"error: {e}", file=sys.stderr)
     return 3
-  except OneDNNUnavailable as e:  # --conv onednn on a machine that cannot build it
-    print(f"error: {e} Or pass --conv xla.", file=sys.stderr)
+  except OneDNNUnavailable as e:  # --conv/--batch-norm onednn where it cannot be built
+    print(f"error: {e} Or pass --conv xla (and --batch-norm flax).", file=sys.stderr)
     return 2
   except ValueError as e:  # bad dataset folders, checkpoint mismatch, ...
     print(f"error: {e}", file=sys.stderr)

@@ -398,3 +398,18 @@ def test_torch_free_tests_run_without_torch(tmp_path):
   # ... and the torch tests were skipped because torch is missing.
   assert set(skipped) == needs_torch
   assert all("torch" in why for why in skipped.values()), skipped
+
+
+def test_train_step_batch_norms_option():
+  """--batch-norms is looped like --convs and keys the resumable rows (rows
+  written before it existed count as 'auto'); nothing is built or timed."""
+  from benchmarks import train_step
+  assert train_step.parse_args([]).batch_norms == ["auto"]
+  args = train_step.parse_args(["--bn", "on", "--batch-norms", "flax,onednn"])
+  assert args.batch_norms == ["flax", "onednn"]
+  with pytest.raises(SystemExit):
+    train_step.parse_args(["--batch-norms", "xla"])
+  old = {"model": "resnet20", "bn": True, "batch": 128, "impl": "auto",
+         "optimizer": "adamw"}
+  assert train_step._key(old)[-1] == "auto"
+  assert train_step._key({**old, "batch_norm": "flax"})[-1] == "flax"

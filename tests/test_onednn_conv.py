@@ -102,6 +102,95 @@ def test_float64_reference_on_resnet_block_shape():
   _close(y, ref, tol=1e-6)
 
 
+# ----------------------------------------------------------- batch norm
+# The ResNet stages' activation shapes at batch 8 (stem/stage 1, 2, 3).
+BN_SHAPES = [(8, 32, 32, 16), (8, 16, 16, 32), (8, 8, 8, 64)]
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", BN_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_batch_norm_kernel_equals_float64_reference(shape):
+  """Forward (y, mean, biased var) and backward (closed form) against float64
+  NumPy. Measured max error / max |reference| per output: <= 2e-6 (mean,
+  var, dscale, dbias: sums over up to 8192 float32 terms), <= 6e-7 (y, dx);
+  tolerance 1e-5."""
+  from experiments.kernels.batch_norm import batch_norm_train
+  rng = np.random.default_rng(0)
+  eps = 1e-5
+  # An offset and a spread per channel, as conv outputs have.
+  x = (rng.normal(size=shape) * rng.uniform(0.5, 3, shape[-1])
+       + rng.normal(size=shape[-1])).astype(np.float32)
+  scale, bias = (rng.normal(size=shape[-1]).astype(np.float32) for _ in range(2))
+  g = rng.normal(size=shape).astype(np.float32)
+
+  def f(x, scale, bias):
+    return batch_norm_train(x, scale, bias, eps)
+
+  (y, mean, var), vjp = jax.jit(lambda *a: jax.vjp(f, *a))(x, scale, bias)
+  dx, dscale, dbias = jax.jit(vjp)((jnp.asarray(g), jnp.zeros_like(mean), jnp.zeros_like(var)))
+  axes = (0, 1, 2)
+  x64, g64 = x.astype(np.float64), g.astype(np.float64)
+  mu, v = x64.mean(axes), x64.var(axes)  # biased variance
+  inv = 1 / np.sqrt(v + eps)
+  xhat = (x64 - mu) * inv
+  refs = {"y": scale * xhat + bias, "mean": mu, "var": v,
+          "dx": scale * inv * (g64 - g64.mean(axes) - xhat * (g64 * xhat).mean(axes)),
+          "dscale": (g64 * xhat).sum(axes), "dbias": g64.sum(axes)}
+  got = {"y": y, "mean": mean, "var": var, "dx": dx, "dscale": dscale, "dbias": dbias}
+  for name, ref in refs.items():
+    assert got[name].dtype == jnp.float32, name
+    _close(got[name], ref, tol=1e-5)
+  # The statistics carry no gradient (they feed the running averages).
+  gm = jax.grad(lambda x: f(x, scale, bias)[1].sum() + f(x, scale, bias)[2].sum())(x)
+  assert not np.any(np.asarray(gm))
+
+
+@needs_onednn
+def test_onednn_batch_norm_layer_updates_statistics_as_flax_and_falls_back():
+  """The view's BatchNorm in train mode: Flax's output and running-average
+  update within float32 rounding, on oneDNN; eval mode, a mask, bfloat16 or
+  features not on the last axis run Flax's own code (same results)."""
+  from flax import nnx
+  from experiments.kernels.batch_norm import OneDNNBatchNorm, with_onednn_batch_norm
+  x = jax.random.normal(jax.random.key(0), (8, 8, 8, 16)) * 2 + 1
+  model = nnx.Sequential(nnx.BatchNorm(16, momentum=0.9, rngs=nnx.Rngs(0)))
+  model.layers[0].scale.set_value(jax.random.normal(jax.random.key(1), (16,)))
+  view = with_onednn_batch_norm(model)
+  assert type(view.layers[0]) is OneDNNBatchNorm and type(model.layers[0]) is nnx.BatchNorm
+  # Parameters are shared with the model.
+  assert view.layers[0].scale.get_value() is model.layers[0].scale.get_value()
+
+  def run(m, x, **kw):
+    graphdef, state = nnx.split(m)
+
+    def f(state, x):
+      m = nnx.merge(graphdef, state)
+      return m(x, **kw), nnx.split(m)[1]
+    text = jax.jit(f).lower(state, x).as_text()
+    return jax.jit(f)(state, x), "experiments_onednn_batch_norm_fwd" in text
+
+  (y_ref, st_ref), on_ref = run(model, x, use_running_average=False)
+  (y, st), on = run(view, x, use_running_average=False)
+  assert on and not on_ref
+  _close(y, y_ref)
+  for a, b in zip(jax.tree.leaves(st), jax.tree.leaves(st_ref)):
+    _close(a, b)
+  assert float(jnp.abs(st["layers"][0]["mean"].get_value()).max()) > 0.05  # it moved
+  # Fallbacks: still Flax's computation, same results.
+  mask = jnp.ones(x.shape, bool).at[0].set(False)
+  for kw, xin in (({"use_running_average": True}, x), ({"use_running_average": False, "mask": mask}, x)):
+    (y, _), on = run(view, xin, **kw)
+    (y_ref, _), _ = run(model, xin, **kw)
+    assert not on, kw
+    _close(y, y_ref)
+  bf16 = nnx.with_attributes(view, dtype=jnp.bfloat16, raise_if_not_found=False)
+  (y, _), on = run(bf16, x, use_running_average=False)
+  assert not on and y.dtype == jnp.bfloat16
+  nchw = with_onednn_batch_norm(nnx.Sequential(nnx.BatchNorm(8, axis=1, rngs=nnx.Rngs(0))))
+  (y, _), on = run(nchw, x, use_running_average=False)
+  assert not on and y.shape == x.shape
+
+
 @needs_onednn
 def test_unsupported_arguments_fall_back_to_lax():
   x = jnp.ones((2, 6, 6, 4)); kern = jnp.ones((3, 3, 4, 4))

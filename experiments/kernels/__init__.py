@@ -1,4 +1,5 @@
-"""CPU convolution kernels for the train step: oneDNN's through XLA FFI
-(:mod:`~experiments.kernels.onednn`, compiled only on request: ``python -m
-experiments.kernels build`` or ``conv="onednn"``) and chunked weight
-gradients on XLA's (:mod:`~experiments.kernels.fastconv`)."""
+"""CPU kernels for the train step: oneDNN's convolutions and batch
+normalization through XLA FFI (:mod:`~experiments.kernels.onednn`,
+:mod:`~experiments.kernels.batch_norm`; compiled only on request: ``python -m
+experiments.kernels build`` or ``conv="onednn"``/``batch_norm="onednn"``) and
+chunked weight gradients on XLA's (:mod:`~experiments.kernels.fastconv`)."""

@@ -128,11 +128,29 @@ def with_conv_function(model: Any, conv: Callable[..., jax.Array]) -> Any:
   """
   from flax import nnx
 
+  def use_conv(node):
+    node.conv_general_dilated = conv
+
+  return with_layers_changed(model, lambda node: isinstance(node, nnx.Conv), use_conv)
+
+
+def with_layers_changed(model: Any, select: Callable[[Any], bool],
+                        change: Callable[[Any], None]) -> Any:
+  """A copy of the NNX `model` where `change(node)` was applied to every graph
+  node for which `select(node)` holds.
+
+  The copy shares the parameter and statistics arrays with `model` (split and
+  merged, not deep-copied), so it splits into the same state pytrees; meant
+  for changes of static attributes (the layer's compute function, its class),
+  which leave `model` itself untouched.
+  """
+  from flax import nnx
+
   graphdef, state = nnx.split(model)
   clone = nnx.merge(graphdef, state)
   for _, node in nnx.iter_graph(clone):
-    if isinstance(node, nnx.Conv):
-      node.conv_general_dilated = conv
+    if select(node):
+      change(node)
   return clone
 
 

@@ -24,7 +24,9 @@ end), compiled with the machine's C++ compiler against jaxlib's FFI headers
 and the oneDNN of the ``onednn-cpu-gomp`` wheel (or ``ONEDNN_ROOT``, or
 Debian's ``libdnnl-dev``), and cached in ``~/.cache/proxopt-experiments`` (or
 ``EXPERIMENTS_CACHE_DIR``). The FFI targets are ``experiments_onednn_conv_*``
-(float32) and ``experiments_onednn_conv_*_bf16``.
+(float32) and ``experiments_onednn_conv_*_bf16``. The same library holds
+oneDNN's batch normalization (``experiments_onednn_batch_norm_*``), used by
+:mod:`experiments.kernels.batch_norm`.
 
 Nothing is compiled behind the user's back: :func:`build` (``python -m
 experiments.kernels build``, or ``--conv onednn`` on first use, which prints
@@ -78,6 +80,10 @@ _KINDS = ("fwd", "bwd_data", "bwd_weights")
 _DTYPE_SUFFIX = {jnp.dtype(jnp.float32): "", jnp.dtype(jnp.bfloat16): "_bf16"}
 _TARGETS = {(k, dt): f"experiments_onednn_conv_{k}{suffix}"
             for k in _KINDS for dt, suffix in _DTYPE_SUFFIX.items()}
+# The batch normalization handlers of the same library (float32), used by
+# experiments/kernels/batch_norm.py.
+BATCH_NORM_TARGETS = {"fwd": "experiments_onednn_batch_norm_fwd",
+                      "bwd": "experiments_onednn_batch_norm_bwd"}
 _INSTALL_HINT = (
     "install oneDNN with `pip install onednn-cpu-gomp==2023.2.0 "
     "onednn-devel-cpu-gomp==2023.2.0` (part of `pip install -e .[experiments]` "
@@ -87,7 +93,7 @@ _INSTALL_HINT = (
 
 
 class OneDNNUnavailable(RuntimeError):
-  """The oneDNN convolution kernels cannot be built or loaded here."""
+  """The oneDNN kernels (convolutions, batch norm) cannot be built or loaded here."""
 
 
 # ----------------------------------------------------------------- building
@@ -172,7 +178,7 @@ def build(log=None) -> Path:
   cxx = _compiler()
   ffi_inc = Path(jax.ffi.include_dir())
   (log or (lambda m: print(m, file=sys.stderr, flush=True)))(
-      f"experiments: compiling the oneDNN convolution kernels once into {out} "
+      f"experiments: compiling the oneDNN kernels (convolutions, batch norm) once into {out} "
       "(a few seconds)")
   out.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
@@ -213,7 +219,7 @@ def _load_built() -> str:
     so = ctypes.cdll.LoadLibrary(str(path))
   except (OneDNNUnavailable, OSError) as e:
     return str(e)
-  for name in _TARGETS.values():
+  for name in (*_TARGETS.values(), *BATCH_NORM_TARGETS.values()):
     if name not in _REGISTERED:  # once per process, whichever cache it came from
       jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(so, name)),
                                   platform="cpu")
@@ -242,11 +248,11 @@ def require() -> None:
     try:
       build()
     except OneDNNUnavailable as e:
-      raise OneDNNUnavailable(f"oneDNN convolutions unavailable: {e}") from None
+      raise OneDNNUnavailable(f"oneDNN kernels unavailable: {e}") from None
     getattr(_load_built, "cache_clear", lambda: None)()
   reason = _load_built()
   if reason:
-    raise OneDNNUnavailable(f"oneDNN convolutions unavailable: {reason}")
+    raise OneDNNUnavailable(f"oneDNN kernels unavailable: {reason}")
 
 
 # ----------------------------------------------------------------- the op

@@ -1,23 +1,36 @@
-// 2-D convolutions (NHWC activations, HWIO weights, float32 or bfloat16) on oneDNN, as XLA FFI handlers.
+// oneDNN kernels bound to XLA as FFI handlers: 2-D convolutions (NHWC
+// activations, HWIO weights, float32 or bfloat16) and batch normalization with
+// batch statistics (NHWC, float32).
 //
-// Three handlers per element type, one per oneDNN primitive: forward,
-// backward-data (input gradient) and backward-weights (weight gradient); the
-// bfloat16 ones are the float32 names with a `_bf16` suffix. Both operands and
-// the result share one element type; oneDNN accumulates in float32, and the
-// bfloat16 weight gradient is kept in float32 until its final reorder to HWIO.
-// Activations stay in the caller's NHWC layout; weights are reordered between
-// JAX's HWIO and the blocked layout oneDNN picks (a few KB per call).
-// Primitives are built once per shape and element type and cached. Calls are
-// serialised: each one already uses every core through oneDNN's OpenMP
-// threads. Built by experiments/kernels/onednn.py.
+// Convolutions: three handlers per element type, one per oneDNN primitive:
+// forward, backward-data (input gradient) and backward-weights (weight
+// gradient); the bfloat16 ones are the float32 names with a `_bf16` suffix.
+// Both operands and the result share one element type; oneDNN accumulates in
+// float32, and the bfloat16 weight gradient is kept in float32 until its final
+// reorder to HWIO. Activations stay in the caller's NHWC layout; weights are
+// reordered between JAX's HWIO and the blocked layout oneDNN picks (a few KB
+// per call).
+//
+// Batch normalization (training, per-channel scale and shift): a forward
+// handler returning y and the batch mean and biased variance, and a backward
+// one returning the gradients of x, scale and shift from x, dy and those
+// statistics. epsilon is an attribute.
+//
+// Primitives are built once per shape, element type (and epsilon) and cached.
+// Calls are serialised: each one already uses every core through oneDNN's
+// OpenMP threads. Built by experiments/kernels/onednn.py.
 #include <array>
 #include <cstdlib>
+#include <cstring>
+#include <initializer_list>
 #include <new>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -120,13 +133,29 @@ std::shared_ptr<Entry> Build(const Key& k) {
   return e;
 }
 
+// Runs `body` under the lock that serialises every call (the cache and the
+// scratch space are shared), turning oneDNN and allocation failures into FFI
+// errors instead of exceptions crossing into XLA.
+template <typename F>
+ffi::Error Guarded(const char* what, F&& body) {
+  try {
+    std::lock_guard<std::mutex> lock(Mutex());
+    body();
+  } catch (const dnnl::error& err) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + err.what());
+  } catch (const std::bad_alloc&) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                      std::string(what) + ": out of memory for scratch space");
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error Run(int64_t kind, dt type, const int64_t* nhwc, const int64_t* hwio, const int64_t* out_nhwc,
                ffi::Span<const int64_t> geom, void* a, void* b, void* out) {
   if (geom.size() != 6) return ffi::Error(ffi::ErrorCode::kInvalidArgument, "geometry must have 6 entries");
   Key k{nhwc[0], nhwc[1], nhwc[2], nhwc[3], hwio[0], hwio[1], hwio[3], out_nhwc[1], out_nhwc[2],
         geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], kind, static_cast<int64_t>(type)};
-  try {
-    std::lock_guard<std::mutex> lock(Mutex());
+  return Guarded("oneDNN convolution", [&] {
     auto& cache = Cache();
     auto it = cache.find(k);
     if (it == cache.end()) it = cache.emplace(k, Build(k)).first;
@@ -158,13 +187,7 @@ ffi::Error Run(int64_t kind, dt type, const int64_t* nhwc, const int64_t* hwio, 
       if (e.reorder) dnnl::reorder(wp, wu).execute(strm, wp, wu);
     }
     strm.wait();
-  } catch (const dnnl::error& err) {
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + err.what());
-  } catch (const std::bad_alloc&) {
-    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
-                      "oneDNN convolution: out of memory for scratch space");
-  }
-  return ffi::Error::Success();
+  });
 }
 
 // The handlers, one instantiation per element type T (F32 or BF16).
@@ -199,6 +222,123 @@ auto Binding() {
       .template Ret<ffi::Buffer<T>>().template Attr<ffi::Span<const int64_t>>("geometry");
 }
 
+// ------------------------------------------------------- batch normalization
+
+// n, h, w, c, kind, bit pattern of epsilon (a float)
+using BnKey = std::array<int64_t, 6>;
+enum BnKind : int64_t { kBnFwd = 0, kBnBwd = 1 };
+
+struct BnEntry {
+  dnnl::primitive prim;
+  memory::desc act;          // x, y, dy, dx: NHWC float32
+  memory::desc mean, var;    // per-channel statistics
+  memory::desc chan;         // scale, shift and their gradients
+  memory::desc scratch;
+};
+
+std::map<BnKey, std::shared_ptr<BnEntry>>& BnCache() {
+  static std::map<BnKey, std::shared_ptr<BnEntry>> c;
+  return c;
+}
+
+std::shared_ptr<BnEntry> BuildBn(const BnKey& k, float epsilon) {
+  auto& eng = Engine();
+  memory::desc act({k[0], k[3], k[1], k[2]}, dt::f32, tag::nhwc);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  const auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
+  // forward_training: statistics of this batch are computed and returned
+  // (the caller updates its running averages with them).
+  auto fwd = dnnl::batch_normalization_forward::primitive_desc(
+      eng, dnnl::prop_kind::forward_training, act, act, epsilon, flags, attr);
+  auto e = std::make_shared<BnEntry>();
+  e->act = act;
+  e->chan = memory::desc({k[3]}, dt::f32, tag::a);
+  if (k[4] == kBnFwd) {
+    e->prim = dnnl::batch_normalization_forward(fwd);
+    e->mean = fwd.mean_desc(); e->var = fwd.variance_desc();
+    e->scratch = fwd.scratchpad_desc();
+  } else {
+    // prop_kind::backward: the gradients of the scale and shift too.
+    auto pd = dnnl::batch_normalization_backward::primitive_desc(
+        eng, dnnl::prop_kind::backward, act, act, act, epsilon, flags, fwd, attr);
+    e->prim = dnnl::batch_normalization_backward(pd);
+    e->mean = pd.mean_desc(); e->var = pd.variance_desc();
+    e->scratch = pd.scratchpad_desc();
+  }
+  return e;
+}
+
+// The cached entry of this shape, kind and epsilon (call under the lock).
+BnEntry& BnLookup(BnKind kind, const int64_t* nhwc, float epsilon) {
+  uint32_t bits;
+  std::memcpy(&bits, &epsilon, sizeof bits);
+  BnKey k{nhwc[0], nhwc[1], nhwc[2], nhwc[3], kind, static_cast<int64_t>(bits)};
+  auto& cache = BnCache();
+  auto it = cache.find(k);
+  if (it == cache.end()) it = cache.emplace(k, BuildBn(k, epsilon)).first;
+  return *it->second;
+}
+
+const memory::desc& BnDesc(const BnEntry& e, int arg) {
+  switch (arg) {
+    case DNNL_ARG_MEAN: return e.mean;
+    case DNNL_ARG_VARIANCE: return e.var;
+    case DNNL_ARG_SCALE: case DNNL_ARG_SHIFT: case DNNL_ARG_DIFF_SCALE: case DNNL_ARG_DIFF_SHIFT:
+      return e.chan;
+    default: return e.act;
+  }
+}
+
+// One batch-norm primitive call on x's shape: `args` maps oneDNN argument ids
+// to the FFI buffers; `channel_sizes` are the sizes of the per-channel ones,
+// which must all equal x's C.
+ffi::Error RunBn(BnKind kind, ffi::Span<const int64_t> nhwc, float epsilon,
+                 std::initializer_list<size_t> channel_sizes,
+                 std::initializer_list<std::pair<int, void*>> args) {
+  bool ok = nhwc.size() == 4;
+  for (size_t c : channel_sizes) ok = ok && c == static_cast<size_t>(nhwc[3]);
+  if (!ok)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "batch norm: x must be NHWC and every per-channel operand of size C");
+  return Guarded("oneDNN batch norm", [&] {
+    BnEntry& e = BnLookup(kind, nhwc.begin(), epsilon);
+    auto& eng = Engine();
+    dnnl::stream strm(eng);
+    std::unordered_map<int, memory> margs;
+    for (const auto& [id, ptr] : args) margs.emplace(id, memory(BnDesc(e, id), eng, ptr));
+    margs.emplace(DNNL_ARG_SCRATCHPAD,
+                  memory(e.scratch, eng, ScratchSpace().Get(e.scratch.get_size())));
+    e.prim.execute(strm, margs);
+    strm.wait();
+  });
+}
+
+ffi::Error BnFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> shift,
+                 ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> mean,
+                 ffi::ResultBuffer<ffi::F32> var, float epsilon) {
+  return RunBn(kBnFwd, x.dimensions(), epsilon,
+               {scale.element_count(), shift.element_count(), mean->element_count(),
+                var->element_count()},
+               {{DNNL_ARG_SRC, x.untyped_data()}, {DNNL_ARG_DST, y->untyped_data()},
+                {DNNL_ARG_SCALE, scale.untyped_data()}, {DNNL_ARG_SHIFT, shift.untyped_data()},
+                {DNNL_ARG_MEAN, mean->untyped_data()}, {DNNL_ARG_VARIANCE, var->untyped_data()}});
+}
+
+ffi::Error BnBwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> mean,
+                 ffi::Buffer<ffi::F32> var, ffi::Buffer<ffi::F32> scale,
+                 ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dscale,
+                 ffi::ResultBuffer<ffi::F32> dshift, float epsilon) {
+  return RunBn(kBnBwd, x.dimensions(), epsilon,
+               {mean.element_count(), var.element_count(), scale.element_count(),
+                dscale->element_count(), dshift->element_count()},
+               {{DNNL_ARG_SRC, x.untyped_data()}, {DNNL_ARG_DIFF_DST, dy.untyped_data()},
+                {DNNL_ARG_MEAN, mean.untyped_data()}, {DNNL_ARG_VARIANCE, var.untyped_data()},
+                {DNNL_ARG_SCALE, scale.untyped_data()}, {DNNL_ARG_DIFF_SRC, dx->untyped_data()},
+                {DNNL_ARG_DIFF_SCALE, dscale->untyped_data()},
+                {DNNL_ARG_DIFF_SHIFT, dshift->untyped_data()}});
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(experiments_onednn_conv_fwd, Fwd<ffi::F32>, Binding<ffi::F32>());
@@ -208,3 +348,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(experiments_onednn_conv_fwd_bf16, Fwd<ffi::BF16>, 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(experiments_onednn_conv_bwd_data_bf16, BwdData<ffi::BF16>, Binding<ffi::BF16>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(experiments_onednn_conv_bwd_weights_bf16, BwdWeights<ffi::BF16>,
                               Binding<ffi::BF16>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    experiments_onednn_batch_norm_fwd, BnFwd,
+    ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+        .Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+        .Ret<ffi::Buffer<ffi::F32>>().Attr<float>("epsilon"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    experiments_onednn_batch_norm_bwd, BnBwd,
+    ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+        .Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+        .Attr<float>("epsilon"));

@@ -49,6 +49,23 @@ Independently, ``conv`` chooses who computes the convolutions:
   compiles), else ``"xla"`` (with chunks of 8 on CPU for the fast
   implementations). ``"onednn"`` builds them on first use, saying so.
 
+``batch_norm`` chooses who computes ``nnx.BatchNorm`` in train mode (batch
+statistics and their gradient):
+
+* ``"onednn"``: oneDNN's batch normalization primitives, forward and
+  backward, through the same FFI library
+  (:mod:`experiments.kernels.batch_norm`); the running statistics are
+  updated as Flax does. float32, CPU, one device.
+* ``"flax"``: ``nnx.BatchNorm``'s own computation (XLA reductions and
+  elementwise passes).
+* ``"auto"``: ``"onednn"`` exactly when ``conv`` resolved to ``"onednn"``,
+  ``precision`` is float32 and the model has BatchNorm layers, else
+  ``"flax"``.
+
+Both give the same gradients, statistics and loss within float32 rounding.
+The eval step always uses Flax's BatchNorm (running statistics: one
+elementwise pass).
+
 Independently, ``precision`` chooses the compute dtype:
 
 * ``"float32"``: everything in float32 (the default; the paper's setting).
@@ -102,9 +119,10 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from experiments.config import CONVS, IMPLS, PRECISIONS
+from experiments.config import BATCH_NORMS, CONVS, IMPLS, PRECISIONS
 from experiments.input_pipeline.augment import augment, normalize
 from experiments.kernels import onednn as onednn_conv
+from experiments.kernels.batch_norm import with_onednn_batch_norm
 from experiments.kernels.fastconv import with_chunked_wgrad
 
 # Best measured strategy per backend and convolution kind, keyed by
@@ -346,19 +364,72 @@ def _resolve_conv_why(conv: str, mesh,
       return "xla", "auto: oneDNN kernels not built (python -m experiments.kernels build)"
     return "onednn", "auto: oneDNN kernels built, one CPU device"
   if conv == "onednn":
-    if jax.default_backend() != "cpu":
-      raise ValueError(
-          "make_train_step: `conv='onednn'` runs oneDNN's CPU kernels; the "
-          f"backend is {jax.default_backend()!r}. Use conv='auto' or 'xla'."
-      )
-    if _multi_device(mesh):
-      raise ValueError(
-          "make_train_step: `conv='onednn'` runs on one device: XLA cannot "
-          "partition its custom calls over the mesh's 'data' axis. Use "
-          "conv='xla' (what conv='auto' picks on a multi-device mesh)."
-      )
-    onednn_conv.require()
+    _require_onednn("conv", mesh, "conv='auto' or 'xla'",
+                    "conv='xla' (what conv='auto' picks on a multi-device mesh)")
   return conv, "requested"
+
+
+def _require_onednn(arg: str, mesh, use_elsewhere: str, use_on_mesh: str) -> None:
+  """Raises, naming `arg` and the fix, unless oneDNN's kernels can run here
+  (CPU, one device; builds them if needed, saying so)."""
+  if jax.default_backend() != "cpu":
+    raise ValueError(
+        f"make_train_step: `{arg}='onednn'` runs oneDNN's CPU kernels; the "
+        f"backend is {jax.default_backend()!r}. Use {use_elsewhere}."
+    )
+  if _multi_device(mesh):
+    raise ValueError(
+        f"make_train_step: `{arg}='onednn'` runs on one device: XLA cannot "
+        f"partition its custom calls over the mesh's 'data' axis. Use "
+        f"{use_on_mesh}."
+    )
+  onednn_conv.require()
+
+
+def _check_batch_norm(batch_norm: str, owner: str) -> str:
+  if batch_norm not in BATCH_NORMS:
+    raise ValueError(
+        f"{owner}: unknown `batch_norm={batch_norm!r}`; valid choices: "
+        f"{', '.join(BATCH_NORMS)}."
+    )
+  return batch_norm
+
+
+def _resolve_batch_norm_why(batch_norm: str, conv: str, precision: str, mesh,
+                            model: nnx.Module) -> tuple[str, str]:
+  """(who computes the train-mode BatchNorm, why): ``"onednn"``
+  (:mod:`experiments.kernels.batch_norm`) or ``"flax"`` (``nnx.BatchNorm``).
+
+  ``"auto"`` follows the convolutions: oneDNN's BatchNorm exactly when `conv`
+  resolved to ``"onednn"`` (so the conditions of oneDNN, CPU, one device,
+  kernels built, already hold), in float32 (its only kernel), on a model
+  with BatchNorm layers.
+  """
+  _check_batch_norm(batch_norm, "make_train_step")
+  if batch_norm == "flax":
+    return "flax", "requested"
+  if batch_norm == "auto":
+    if not _has_batch_norm(model):
+      return "flax", "auto: the model has no nnx.BatchNorm"
+    if conv != "onednn":
+      return "flax", f"auto: conv={conv!r} (oneDNN BatchNorm goes with conv='onednn')"
+    if precision != "float32":
+      return "flax", f"auto: precision={precision!r} (oneDNN BatchNorm is float32 only)"
+    return "onednn", "auto: oneDNN convolutions, float32"
+  if precision != "float32":
+    raise ValueError(
+        "make_train_step: `batch_norm='onednn'` has float32 kernels only; "
+        f"`precision={precision!r}` normalises in float32 within Flax's "
+        "BatchNorm already. Pass batch_norm='auto' or 'flax', or "
+        "precision='float32'."
+    )
+  fix = "batch_norm='flax' (or 'auto')"
+  try:
+    _require_onednn("batch_norm", mesh, fix, fix)
+  except onednn_conv.OneDNNUnavailable as e:
+    raise onednn_conv.OneDNNUnavailable(
+        f"make_train_step: `batch_norm='onednn'`: {e} Or pass {fix}.") from None
+  return "onednn", "requested"
 
 
 def _resolve_chunk(conv_grad_chunk, impl: str, conv: str, mesh,
@@ -430,6 +501,7 @@ def make_train_step(
     conv: str = "auto",
     conv_grad_chunk: int | str | None = "auto",
     precision: str = "float32",
+    batch_norm: str = "auto",
 ) -> Callable[[TrainState, Any, Any], tuple[TrainState, dict]]:
   """``train_step(state, images_uint8, labels) -> (state, metrics)``.
 
@@ -460,22 +532,30 @@ def make_train_step(
     precision: ``"float32"`` or ``"bfloat16"`` (bfloat16 compute, float32
       weights, gradients, optimizer state, BatchNorm statistics and loss; see
       the module docstring). Every `impl` and `conv` supports both.
+    batch_norm: ``"auto"``, ``"onednn"`` or ``"flax"``: who computes the
+      train-mode BatchNorm (see the module docstring). ``"onednn"`` needs
+      CPU, one device and ``precision="float32"`` (else ValueError) and its
+      kernels (else :class:`~experiments.kernels.onednn.OneDNNUnavailable`).
 
   The returned function has attributes ``impl``, ``conv``,
-  ``conv_grad_chunk`` and ``precision`` (what was resolved) and
-  ``conv_reason`` (why that convolution kind).
+  ``conv_grad_chunk``, ``batch_norm`` and ``precision`` (what was resolved)
+  and ``conv_reason`` / ``batch_norm_reason`` (why that kind).
   """
   if mesh is not None:
     _check_mesh(mesh)
   precision = _check_precision(precision, "make_train_step")
   conv, conv_reason = _resolve_conv_why(
       conv, mesh, conv_grad_chunk not in ("auto", None, 0))
+  batch_norm, batch_norm_reason = _resolve_batch_norm_why(
+      batch_norm, conv, precision, mesh, model)
   impl = _check_impl(impl, conv, model)
   chunk = _resolve_chunk(conv_grad_chunk, impl, conv, mesh, precision)
   loss_multiplier = float(loss_multiplier)
   train_model = _with_precision(_with_mode(model, train=True), precision)
   if conv == "onednn":
     train_model = onednn_conv.with_onednn_convs(train_model)
+  if batch_norm == "onednn":
+    train_model = with_onednn_batch_norm(train_model)
   if chunk:
     train_model = with_chunked_wgrad(train_model, chunk)
   if impl == "blockwise":
@@ -492,6 +572,8 @@ def make_train_step(
   train_step.conv = conv
   train_step.conv_grad_chunk = chunk
   train_step.conv_reason = conv_reason
+  train_step.batch_norm = batch_norm
+  train_step.batch_norm_reason = batch_norm_reason
   train_step.precision = precision
   train_step.jitted = getattr(inner, "jitted", None)
   return train_step
@@ -536,7 +618,7 @@ def _whole_step(model, tx, loss_multiplier, augment_flag, mesh, fusion):
 
 def make_eval_step(
     model: nnx.Module, *, mesh: Mesh | None = None, conv: str = "auto",
-    precision: str = "float32",
+    precision: str = "float32", batch_norm: str = "auto",
 ) -> Callable[..., dict]:
   """``eval_step(state, images_uint8, labels, mask=None) -> sums``.
 
@@ -545,10 +627,15 @@ def make_eval_step(
   and masked: ``loss_sum``, ``correct`` and ``count`` (sum of ``mask``, which
   is 1 for real examples and 0 for padding). `conv` and `precision` are as
   in :func:`make_train_step` (the loss is float32 in both precisions).
+  `batch_norm` is validated as there but BatchNorm is always Flax's here:
+  in eval mode it normalises with the running statistics, one elementwise
+  pass that XLA fuses into its neighbours (oneDNN's kernel is for batch
+  statistics); ``eval_step.batch_norm`` is ``"flax"``.
   """
   if mesh is not None:
     _check_mesh(mesh)
   precision = _check_precision(precision, "make_eval_step")
+  _check_batch_norm(batch_norm, "make_eval_step")
   eval_model = _with_precision(_with_mode(model, train=False), precision)
   if _resolve_conv(conv, mesh) == "onednn":
     eval_model = onednn_conv.with_onednn_convs(eval_model)
@@ -578,6 +665,7 @@ def make_eval_step(
     return jitted(state, images, labels, mask)
 
   eval_step.precision = precision
+  eval_step.batch_norm = "flax"
   return eval_step
 
 
@@ -742,7 +830,7 @@ class _BlockwiseStep:
 
 
 __all__ = [
-    "AUTO_IMPL", "CONVS", "IMPLS", "PRECISIONS", "TrainState",
+    "AUTO_IMPL", "BATCH_NORMS", "CONVS", "IMPLS", "PRECISIONS", "TrainState",
     "create_train_state", "make_eval_step", "make_train_step",
     "state_to_model",
 ]

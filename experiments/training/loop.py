@@ -3,8 +3,9 @@ r"""The training loop: :func:`run` trains one :class:`~experiments.config.Config
 Writes to ``cfg.out``:
 
 - ``config.json``: the configuration; ``resolved_config.json``: plus what it
-  resolved to (optax weight decay, parameter count, step implementation and
-  convolutions, with why; ``precision`` float32 or bfloat16 is a field of both);
+  resolved to (optax weight decay, parameter count, step implementation,
+  convolution and BatchNorm kernels, with why; ``precision`` float32 or
+  bfloat16 is a field of both);
 - ``metrics.jsonl``: one JSON object per epoch (``epoch``, ``train_loss``,
   ``train_acc``, ``test_loss``, ``test_acc``, ``val_*`` with a validation
   split, ``lr``, ``epoch_seconds``, ``wall_seconds``, ``images_per_sec``,
@@ -133,7 +134,8 @@ def run(cfg: Config, log=print) -> dict:
   state = step_lib.create_train_state(model, tx, seed=cfg.seed, mesh=mesh)
   train_step = step_lib.make_train_step(
       model, tx, loss_multiplier=cfg.loss_multiplier, augment=cfg.augment,
-      mesh=mesh, impl=cfg.impl, conv=cfg.conv, precision=cfg.precision)
+      mesh=mesh, impl=cfg.impl, conv=cfg.conv, batch_norm=cfg.batch_norm,
+      precision=cfg.precision)
   eval_step = step_lib.make_eval_step(model, mesh=mesh, conv=train_step.conv,
                                       precision=cfg.precision)
 
@@ -142,7 +144,9 @@ def run(cfg: Config, log=print) -> dict:
                   steps_per_epoch=spe, train_size=len(ds.train),
                   test_size=len(ds.test), devices=n_dev,
                   step_impl=train_step.impl, step_conv=train_step.conv,
-                  step_conv_reason=getattr(train_step, "conv_reason", None))
+                  step_conv_reason=getattr(train_step, "conv_reason", None),
+                  step_batch_norm=train_step.batch_norm,
+                  step_batch_norm_reason=train_step.batch_norm_reason)
   if is_main:
     if not (out / "config.json").exists():
       write_json(out / "config.json", cfg.to_dict())
@@ -284,7 +288,7 @@ def run(cfg: Config, log=print) -> dict:
       "images_per_sec": (bs / med) if med else None,
       "wall_seconds": last.get("wall_seconds"), "num_params": resolved["num_params"],
       "step_impl": train_step.impl, "step_conv": train_step.conv,
-      "precision": cfg.precision, "devices": n_dev,
+      "step_batch_norm": train_step.batch_norm, "precision": cfg.precision, "devices": n_dev,
   }
   if is_main:
     write_json(summary_path, summary)
