@@ -308,9 +308,11 @@ def main(argv=None) -> dict:
   out.setdefault("results", [])
   done = {_key(r) for r in out["results"]}
   reps = args.reps or (2 if args.quick else 5)
+  # A model without BatchNorm has no batch_norm choice: time it once (with
+  # the first --batch-norms value) rather than once per value.
   configs = [(d, bn, impl, conv, bnorm) for d in args.depths for bn in args.bn
              for impl in args.impls for conv in args.convs
-             for bnorm in args.batch_norms]
+             for bnorm in args.batch_norms if bn or bnorm == args.batch_norms[0]]
   for i, (d, bn, impl, conv, bnorm) in enumerate(configs):
     key = (f"resnet{d}", bn, args.batch, impl, conv, args.optimizer,
            args.precision, bnorm)

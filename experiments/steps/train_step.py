@@ -188,13 +188,17 @@ def _with_mode(model: nnx.Module, train: bool) -> nnx.Module:
 _COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
 
-def _check_precision(precision: str, owner: str) -> str:
-  if precision not in PRECISIONS:
+def _check_choice(arg: str, value: str, choices, owner: str) -> str:
+  if value not in choices:
     raise ValueError(
-        f"{owner}: unknown `precision={precision!r}`; valid choices: "
-        f"{', '.join(PRECISIONS)}."
+        f"{owner}: unknown `{arg}={value!r}`; valid choices: "
+        f"{', '.join(choices)}."
     )
-  return precision
+  return value
+
+
+def _check_precision(precision: str, owner: str) -> str:
+  return _check_choice("precision", precision, PRECISIONS, owner)
 
 
 def _is_flax_layer(path, node) -> bool:
@@ -312,11 +316,7 @@ def _has_batch_norm(model: nnx.Module) -> bool:
 
 
 def _check_impl(impl: str, conv: str, model: nnx.Module) -> str:
-  if impl not in IMPLS:
-    raise ValueError(
-        f"make_train_step: unknown `impl={impl!r}`; valid choices: "
-        f"{', '.join(IMPLS)}."
-    )
+  _check_choice("impl", impl, IMPLS, "make_train_step")
   if impl == "auto":
     key = (jax.default_backend(), conv, _has_batch_norm(model))
     impl = AUTO_IMPL.get(key, _DEFAULT_IMPL)
@@ -345,11 +345,7 @@ def _resolve_conv_why(conv: str, mesh,
                       chunk_requested: bool = False) -> tuple[str, str]:
   """(convolution kind, why it was chosen). The same in both precisions:
   oneDNN has float32 and bfloat16 kernels."""
-  if conv not in CONVS:
-    raise ValueError(
-        f"make_train_step: unknown `conv={conv!r}`; valid choices: "
-        f"{', '.join(CONVS)}."
-    )
+  _check_choice("conv", conv, CONVS, "make_train_step")
   if conv == "auto":
     # On a multi-device mesh XLA cannot partition the custom calls (it would
     # gather the batch onto every device), so data parallelism keeps XLA's
@@ -387,12 +383,7 @@ def _require_onednn(arg: str, mesh, use_elsewhere: str, use_on_mesh: str) -> Non
 
 
 def _check_batch_norm(batch_norm: str, owner: str) -> str:
-  if batch_norm not in BATCH_NORMS:
-    raise ValueError(
-        f"{owner}: unknown `batch_norm={batch_norm!r}`; valid choices: "
-        f"{', '.join(BATCH_NORMS)}."
-    )
-  return batch_norm
+  return _check_choice("batch_norm", batch_norm, BATCH_NORMS, owner)
 
 
 def _resolve_batch_norm_why(batch_norm: str, conv: str, precision: str, mesh,
