@@ -54,7 +54,7 @@ def train_table(d: dict) -> str:
   lines = [
       f"Machine: {_machine(d['machine'])}.",
       "",
-      "| model | BN | batch | JAX impl / conv | JAX s/step | torch NCHW s/step "
+      "| model | BN | batch | JAX impl / conv [/ BN] [/ precision] | JAX s/step | torch NCHW s/step "
       "(threads) | torch channels-last s/step (threads) | JAX / best torch "
       "| JAX img/s | JAX compile s |",
       "|---|---|---:|---|---:|---|---|---:|---:|---:|",
@@ -66,6 +66,10 @@ def train_table(d: dict) -> str:
     impl = r["impl"] if r["impl"] == r.get("impl_resolved") else (
         f"{r['impl']} ({r.get('impl_resolved')})")
     impl += f" / {r.get('conv_resolved', 'xla')}"
+    if r["bn"]:  # who computed the train-mode BatchNorm (rows before it was a choice: Flax)
+      impl += f" / BN {r.get('batch_norm_resolved', 'flax')}"
+    if r.get("precision", "float32") != "float32":
+      impl += f" / {r['precision']}"
     best = r.get("torch_best_step_s", r["torch_step_s"])
     lines.append(
         f"| {r['model']} | {'on' if r['bn'] else 'off'} | {r['batch']} | "

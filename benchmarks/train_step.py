@@ -303,8 +303,10 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
   args = parse_args(argv)
   prev = common.load_json(args.json) if args.resume else None
-  out = prev or {"machine": common.machine_info(
-      "python -m benchmarks.train_step " + " ".join(argv or sys.argv[1:]))}
+  command = "python -m benchmarks.train_step " + " ".join(argv or sys.argv[1:])
+  out = prev or {"machine": common.machine_info(command)}
+  if prev:  # the note lists every command that added rows to the file
+    out["machine"]["note"] = f"{out['machine'].get('note', '')}; then {command}"
   out.setdefault("results", [])
   done = {_key(r) for r in out["results"]}
   reps = args.reps or (2 if args.quick else 5)

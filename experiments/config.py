@@ -78,7 +78,7 @@ class Config:
   update_hist: bool = True
   impl: str = "auto"
   conv: str = "auto"  # auto: oneDNN only if already built, never compiles
-  batch_norm: str = "auto"  # auto: oneDNN's when conv resolves to oneDNN, float32
+  batch_norm: str = "auto"  # train-mode BatchNorm: auto = flax (oneDNN's: no consistent gain)
   precision: str = "float32"  # bfloat16: bf16 compute, float32 weights/optimizer/loss
   # bookkeeping
   recipe: str | None = None

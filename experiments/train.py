@@ -92,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     "on one CPU device if already built by `python -m experiments.kernels build`, "
     "else XLA; onednn builds them on first use)")
   a("--batch-norm", dest="batch_norm", choices=BATCH_NORMS,
-    help="BatchNorm in train mode: auto (default: oneDNN's when --conv resolves "
-    "to onednn in float32, else Flax's), onednn or flax; eval always uses Flax's")
+    help="BatchNorm in train mode: auto (default: Flax's; oneDNN's gave no "
+    "consistent gain in the step), onednn (float32, CPU) or flax; eval always uses Flax's")
   a("--precision", choices=PRECISIONS,
     help="compute dtype: float32 (default), or bfloat16 mixed precision as on "
     "TPU/GPU (bfloat16 convolutions and activations; float32 weights, "

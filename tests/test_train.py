@@ -433,7 +433,7 @@ def test_precision_bfloat16_run_records_it(monkeypatch, tmp_path):
   assert resolved["precision"] == "bfloat16"
   assert ((resolved["step_conv"], resolved["step_conv_reason"])
           == step_lib._resolve_conv_why("auto", None))
-  # oneDNN's BatchNorm kernels are float32-only: bfloat16 keeps Flax's.
+  # "auto" BatchNorm is Flax's.
   assert resolved["step_batch_norm"] == "flax"
   assert json.loads((out / "config.json").read_text())["precision"] == "bfloat16"
   arrays, _ = load_arrays(out / "checkpoints")

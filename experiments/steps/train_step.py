@@ -58,9 +58,10 @@ statistics and their gradient):
   updated as Flax does. float32, CPU, one device.
 * ``"flax"``: ``nnx.BatchNorm``'s own computation (XLA reductions and
   elementwise passes).
-* ``"auto"``: ``"onednn"`` exactly when ``conv`` resolved to ``"onednn"``,
-  ``precision`` is float32 and the model has BatchNorm layers, else
-  ``"flax"``.
+* ``"auto"``: ``"flax"``. In the step, oneDNN's BatchNorm measured slower
+  than Flax's at ResNet-20/56 and faster at ResNet-110 (oneDNN convolutions,
+  batch 128; ``benchmarks/results/train_step.json``): no consistent gain, so
+  it is opt-in.
 
 Both give the same gradients, statistics and loss within float32 rounding.
 The eval step always uses Flax's BatchNorm (running statistics: one
@@ -391,22 +392,20 @@ def _resolve_batch_norm_why(batch_norm: str, conv: str, precision: str, mesh,
   """(who computes the train-mode BatchNorm, why): ``"onednn"``
   (:mod:`experiments.kernels.batch_norm`) or ``"flax"`` (``nnx.BatchNorm``).
 
-  ``"auto"`` follows the convolutions: oneDNN's BatchNorm exactly when `conv`
-  resolved to ``"onednn"`` (so the conditions of oneDNN, CPU, one device,
-  kernels built, already hold), in float32 (its only kernel), on a model
-  with BatchNorm layers.
+  ``"auto"`` is ``"flax"`` (see the module docstring for the measurement).
   """
   _check_batch_norm(batch_norm, "make_train_step")
   if batch_norm == "flax":
     return "flax", "requested"
   if batch_norm == "auto":
+    # Measured with oneDNN convolutions (benchmarks/results/train_step.json,
+    # 2026-12-04, batch 128): the step with oneDNN's BatchNorm was slower than
+    # with Flax's at ResNet-20/56 (0.209 vs 0.168 s, 0.567 vs 0.511 s) and
+    # faster at ResNet-110 (0.997 vs 1.092 s): no consistent gain, so "auto"
+    # keeps Flax's; "onednn" stays available to measure again.
     if not _has_batch_norm(model):
       return "flax", "auto: the model has no nnx.BatchNorm"
-    if conv != "onednn":
-      return "flax", f"auto: conv={conv!r} (oneDNN BatchNorm goes with conv='onednn')"
-    if precision != "float32":
-      return "flax", f"auto: precision={precision!r} (oneDNN BatchNorm is float32 only)"
-    return "onednn", "auto: oneDNN convolutions, float32"
+    return "flax", "auto: Flax's BatchNorm (oneDNN's gave no consistent gain in the step)"
   if precision != "float32":
     raise ValueError(
         "make_train_step: `batch_norm='onednn'` has float32 kernels only; "
