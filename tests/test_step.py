@@ -561,15 +561,20 @@ def _float_dtypes(tree):
 def bf16_steps(setup):
   """The `setup` step (grad_capture, multiplier 2, seed 3) in bfloat16 with
   XLA's convolutions, plain and blockwise (nofusion shares plain's code path)."""
+  return _bf16_steps(setup, "xla")
+
+
+def _bf16_steps(setup, conv: str) -> dict:
+  """{impl: (step, new_state, metrics)} for plain and blockwise in bfloat16."""
   model, _, _ = setup
   images, labels = _batch()
   tx = grad_capture()
   out = {}
   for impl in ("plain", "blockwise"):
     st = make_train_step(model, tx, impl=impl, loss_multiplier=2.0,
-                         conv="xla", precision="bfloat16")
+                         conv=conv, precision="bfloat16")
     assert (st.impl, st.conv, st.conv_grad_chunk, st.precision) == (
-        impl, "xla", 0, "bfloat16")
+        impl, conv, 0, "bfloat16")
     out[impl] = (st,) + st(create_train_state(model, tx, seed=3), images, labels)
   return out
 
@@ -643,17 +648,7 @@ def bf16_onednn_steps(setup):
   why_not = _onednn_unavailable()
   if why_not:
     pytest.skip(why_not)
-  model, _, _ = setup
-  images, labels = _batch()
-  tx = grad_capture()
-  out = {}
-  for impl in ("plain", "blockwise"):
-    st = make_train_step(model, tx, impl=impl, loss_multiplier=2.0,
-                         conv="onednn", precision="bfloat16")
-    assert (st.impl, st.conv, st.conv_grad_chunk, st.precision) == (
-        impl, "onednn", 0, "bfloat16")
-    out[impl] = (st,) + st(create_train_state(model, tx, seed=3), images, labels)
-  return out
+  return _bf16_steps(setup, "onednn")
 
 
 @pytest.mark.parametrize("impl", ["plain", "blockwise"])
