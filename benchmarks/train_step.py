@@ -30,6 +30,12 @@ with float32 master weights (``benchmarks/torch_peer.py``). ``--batch-norms``
 (``make_train_step(batch_norm=)``: auto, onednn, flax), e.g. ``--bn on
 --convs onednn --batch-norms flax,onednn`` compares Flax's and oneDNN's in
 one run; each row records ``batch_norm`` and ``batch_norm_resolved``.
+``--relus`` likewise chooses who computes the ReLUs and residual adds of the
+models without BatchNorm (``make_train_step(relu=)``: auto, onednn (fused
+into the convolutions), xla), e.g. ``--bn off --relus onednn,xla``; rows
+record ``relu`` and ``relu_resolved``. Both steps run in one process with
+glibc keeping freed memory (``experiments/kernels/host_memory.py``; rows
+record ``host_memory``).
 
 ``--json FILE`` writes (atomically after every configuration; ``--resume``
 skips configurations already in FILE)::
@@ -37,7 +43,8 @@ skips configurations already in FILE)::
   {"machine": {...},
    "results": [{"model": "resnet20", "bn": false, "batch": 128, "impl": "auto",
                 "conv": "auto", "conv_resolved": "onednn", "batch_norm": "auto",
-                "batch_norm_resolved": "onednn", "precision": "float32",
+                "batch_norm_resolved": "onednn", "relu": "auto",
+                "relu_resolved": "onednn", "precision": "float32",
                 "jax_step_s", "torch_step_s", "compile_s", "jax_over_torch",
                 "torch_step_s_by_threads", "torch_cl_step_s_by_threads",
                 "torch_best_step_s", "torch_best_config", "jax_over_torch_best",
@@ -55,6 +62,7 @@ import time
 import numpy as np
 
 from benchmarks import common
+from experiments.kernels import host_memory
 
 OPTIMIZERS = ("adamw", "adamprox", "adam_l2")
 LR, WD, L2 = 1e-3, 1e-4, 5e-4
@@ -80,7 +88,7 @@ def _torch_opt(model, name: str):
 
 def build_steps(depth: int, bn: bool, batch: int, impl: str, optimizer: str,
                 conv: str = "auto", precision: str = "float32",
-                batch_norm: str = "auto") -> dict:
+                batch_norm: str = "auto", relu: str = "auto") -> dict:
   """The two sides of one configuration, built but not timed.
 
   Returns ``{"jax": f, "jax_step": the make_train_step function (its resolved
@@ -105,7 +113,7 @@ def build_steps(depth: int, bn: bool, batch: int, impl: str, optimizer: str,
   model = ResNet(depth, 10, bn, rngs=nnx.Rngs(0))
   tx = _jax_tx(optimizer)
   step = make_train_step(model, tx, augment=False, impl=impl, conv=conv,
-                         precision=precision, batch_norm=batch_norm)
+                         precision=precision, batch_norm=batch_norm, relu=relu)
   box = {"state": create_train_state(model, tx, seed=0)}
   images_dev, labels_dev = jax.device_put(images), jax.device_put(labels)
 
@@ -135,12 +143,13 @@ def build_steps(depth: int, bn: bool, batch: int, impl: str, optimizer: str,
 
 def bench_config(depth: int, bn: bool, batch: int, impl: str, optimizer: str,
                  reps: int, threads: int, extra_threads=(), conv: str = "auto",
-                 precision: str = "float32", batch_norm: str = "auto") -> dict:
+                 precision: str = "float32", batch_norm: str = "auto",
+                 relu: str = "auto") -> dict:
   import torch
 
   torch.set_num_threads(threads)
   steps = build_steps(depth, bn, batch, impl, optimizer, conv, precision,
-                      batch_norm)
+                      batch_norm, relu)
   jax_step, step = steps["jax"], steps["jax_step"]
 
   t0 = time.perf_counter()
@@ -174,6 +183,7 @@ def bench_config(depth: int, bn: bool, batch: int, impl: str, optimizer: str,
       "conv": conv, "conv_resolved": getattr(step, "conv", conv),
       "batch_norm": batch_norm,
       "batch_norm_resolved": getattr(step, "batch_norm", batch_norm),
+      "relu": relu, "relu_resolved": getattr(step, "relu", relu),
       "precision": precision,
       "optimizer": optimizer, "jax_step_s": jm, "torch_step_s": tm,
       "torch_threads": threads, "torch_step_s_by_threads": by_threads,
@@ -189,13 +199,16 @@ def bench_config(depth: int, bn: bool, batch: int, impl: str, optimizer: str,
       "torch_q25_s": float(np.quantile(times[f"torch_nchw_{threads}"], 0.25)),
       "torch_q75_s": float(np.quantile(times[f"torch_nchw_{threads}"], 0.75)),
       "loadavg": list(os.getloadavg()),
+      # glibc keeping freed memory (experiments/kernels/host_memory.py): both
+      # steps run in this process, so both get the same allocator.
+      "host_memory": host_memory.status(),
   }
 
 
 def _key(r):
   return (r["model"], r["bn"], r["batch"], r["impl"], r.get("conv", "auto"),
           r["optimizer"], r.get("precision", "float32"),
-          r.get("batch_norm", "auto"))
+          r.get("batch_norm", "auto"), r.get("relu", "auto"))
 
 
 def print_table(out: dict) -> None:
@@ -206,6 +219,8 @@ def print_table(out: dict) -> None:
     impl = f"{r['impl']}={r['impl_resolved']}/{r.get('conv_resolved', 'xla')}"
     if r["bn"]:
       impl += f"/{r.get('batch_norm_resolved', 'flax')}"
+    elif r.get("relu_resolved", "xla") == "onednn":
+      impl += "/fused relu"
     if r.get("precision", "float32") != "float32":
       impl += "/bf16"
     print(f"{r['model']:10s} {str(r['bn']):5s} {impl:29s} "
@@ -242,6 +257,10 @@ def parse_args(argv=None):
   ap.add_argument("--batch-norms", default="auto",
                   help="comma-separated train-mode BatchNorm of the JAX step "
                   "(auto, onednn, flax); with --bn on, e.g. flax,onednn")
+  ap.add_argument("--relus", default="auto",
+                  help="comma-separated ReLU/residual-add kernels of the JAX "
+                  "step for models without BN (auto, onednn, xla); with "
+                  "--bn off, e.g. onednn,xla")
   ap.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
   ap.add_argument("--precision", default="float32",
                   choices=("float32", "bfloat16"),
@@ -289,6 +308,10 @@ def parse_args(argv=None):
   for b in args.batch_norms:
     if b not in ("auto", "onednn", "flax"):
       ap.error(f"--batch-norms: unknown {b!r}; valid: auto, onednn, flax")
+  args.relus = [r for r in args.relus.split(",") if r]
+  for r in args.relus:
+    if r not in ("auto", "onednn", "xla"):
+      ap.error(f"--relus: unknown {r!r}; valid: auto, onednn, xla")
   if args.batch < 1:
     ap.error("--batch must be >= 1")
   if args.reps is not None and args.reps < 1:
@@ -310,24 +333,26 @@ def main(argv=None) -> dict:
   out.setdefault("results", [])
   done = {_key(r) for r in out["results"]}
   reps = args.reps or (2 if args.quick else 5)
-  # A model without BatchNorm has no batch_norm choice: time it once (with
-  # the first --batch-norms value) rather than once per value.
-  configs = [(d, bn, impl, conv, bnorm) for d in args.depths for bn in args.bn
-             for impl in args.impls for conv in args.convs
-             for bnorm in args.batch_norms if bn or bnorm == args.batch_norms[0]]
-  for i, (d, bn, impl, conv, bnorm) in enumerate(configs):
+  # A model without BatchNorm has no batch_norm choice, and one with it no
+  # fused ReLU: time each once (with the first --batch-norms / --relus
+  # value) rather than once per value.
+  configs = [(d, bn, impl, conv, bnorm, relu) for d in args.depths
+             for bn in args.bn for impl in args.impls for conv in args.convs
+             for bnorm in args.batch_norms if bn or bnorm == args.batch_norms[0]
+             for relu in args.relus if not bn or relu == args.relus[0]]
+  for i, (d, bn, impl, conv, bnorm, relu) in enumerate(configs):
     key = (f"resnet{d}", bn, args.batch, impl, conv, args.optimizer,
-           args.precision, bnorm)
+           args.precision, bnorm, relu)
     if key in done:
       common.log(f"[{i + 1}/{len(configs)}] {key} already done; skipping")
       continue
     common.log(f"[{i + 1}/{len(configs)}] resnet{d} bn={bn} impl={impl} "
-               f"conv={conv} batch_norm={bnorm} precision={args.precision} "
+               f"conv={conv} batch_norm={bnorm} relu={relu} precision={args.precision} "
                f"batch={args.batch}: "
                f"{reps} interleaved rounds ...")
     row = bench_config(d, bn, args.batch, impl, args.optimizer, reps,
                        args.threads, args.also_threads, conv, args.precision,
-                       bnorm)
+                       bnorm, relu)
     common.log(f"    jax {row['jax_step_s']:.3f} s, best torch "
                f"{row['torch_best_step_s']:.3f} s ({row['torch_best_config']}), "
                f"ratio {row['jax_over_torch_best']:.2f}")
@@ -342,4 +367,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+  # Before the first JAX computation (experiments/kernels/host_memory.py):
+  # the step's scratch buffer is then reused, not re-faulted every step.
+  host_memory.keep_freed_memory()
   main()

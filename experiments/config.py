@@ -25,6 +25,7 @@ CONVENTIONS = ("optax", "paper")
 IMPLS = ("auto", "plain", "nofusion", "blockwise")
 CONVS = ("auto", "xla", "onednn")
 BATCH_NORMS = ("auto", "onednn", "flax")
+RELUS = ("auto", "onednn", "xla")
 PRECISIONS = ("float32", "bfloat16")
 BUDGETS = ("quick", "paper")
 
@@ -79,6 +80,7 @@ class Config:
   impl: str = "auto"
   conv: str = "auto"  # auto: oneDNN only if already built, never compiles
   batch_norm: str = "auto"  # train-mode BatchNorm: auto = flax (oneDNN's: no consistent gain)
+  relu: str = "auto"  # ResNets without BN: ReLU/residual add fused into oneDNN convs (auto: when conv is onednn)
   precision: str = "float32"  # bfloat16: bf16 compute, float32 weights/optimizer/loss
   # bookkeeping
   recipe: str | None = None
@@ -131,6 +133,7 @@ def validate(cfg: Config) -> None:
   _choice("impl", cfg.impl, IMPLS)
   _choice("conv", cfg.conv, CONVS)
   _choice("batch_norm", cfg.batch_norm, BATCH_NORMS)
+  _choice("relu", cfg.relu, RELUS)
   _choice("precision", cfg.precision, PRECISIONS)
   ds = cfg.dataset
   if not (ds in TFDS_DATASETS or ds == "sample" or (ds.startswith("npz:") and len(ds) > 4)):

@@ -15,7 +15,8 @@ import json
 import sys
 
 from experiments.config import (
-    BATCH_NORMS, BUDGETS, CONVS, IMPLS, OPTIMIZERS, PRECISIONS, SCHEDULES, Config, ConfigError)
+    BATCH_NORMS, BUDGETS, CONVS, IMPLS, OPTIMIZERS, PRECISIONS, RELUS, SCHEDULES, Config,
+    ConfigError)
 from experiments.configs import resolve
 from experiments.kernels.onednn import OneDNNUnavailable
 from experiments.models import MODELS
@@ -94,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
   a("--batch-norm", dest="batch_norm", choices=BATCH_NORMS,
     help="BatchNorm in train mode: auto (default: Flax's; oneDNN's gave no "
     "consistent gain in the step), onednn (float32, CPU) or flax; eval always uses Flax's")
+  a("--relu", choices=RELUS,
+    help="ReLUs and residual adds of ResNet layers without BatchNorm: auto (default: "
+    "fused into the convolutions when they run on oneDNN), onednn (fused) or xla")
   a("--precision", choices=PRECISIONS,
     help="compute dtype: float32 (default), or bfloat16 mixed precision as on "
     "TPU/GPU (bfloat16 convolutions and activations; float32 weights, "
@@ -147,4 +151,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  # Before the first JAX computation (experiments/kernels/host_memory.py):
+  # the step's scratch buffer is then reused, not re-faulted every step.
+  from experiments.kernels.host_memory import keep_freed_memory
+  keep_freed_memory()
   sys.exit(main())

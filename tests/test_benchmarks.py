@@ -411,5 +411,20 @@ def test_train_step_batch_norms_option():
     train_step.parse_args(["--batch-norms", "xla"])
   old = {"model": "resnet20", "bn": True, "batch": 128, "impl": "auto",
          "optimizer": "adamw"}
+  assert train_step._key(old)[-2] == "auto"
+  assert train_step._key({**old, "batch_norm": "flax"})[-2] == "flax"
+
+
+def test_train_step_relus_option():
+  """--relus is looped like --batch-norms (models with BN once) and keys the
+  resumable rows (rows written before it existed count as 'auto')."""
+  from benchmarks import train_step
+  assert train_step.parse_args([]).relus == ["auto"]
+  assert train_step.parse_args(["--relus", "onednn,xla"]).relus == ["onednn", "xla"]
+  with pytest.raises(SystemExit):
+    train_step.parse_args(["--relus", "fused"])
+  old = {"model": "resnet20", "bn": False, "batch": 128, "impl": "auto",
+         "optimizer": "adamw"}
   assert train_step._key(old)[-1] == "auto"
-  assert train_step._key({**old, "batch_norm": "flax"})[-1] == "flax"
+  assert train_step._key({**old, "relu": "xla"})[-1] == "xla"
+  assert train_step._key({**old, "relu": "xla"}) != train_step._key(old)

@@ -40,6 +40,10 @@ CONFIGS.update({f"{impl}+onednn": (impl, "onednn", None)
 FLAX_BN = "+flaxbn"
 CONFIGS.update({f"{impl}+onednn{FLAX_BN}": (impl, "onednn", None)
                 for impl in ("plain", "nofusion", "blockwise")})
+# Without BN the oneDNN configs above fuse conv + ReLU (+ residual add), what
+# relu='auto' picks; this one keeps XLA's ReLUs with oneDNN's convolutions.
+XLA_RELU = "+xlarelu"
+CONFIGS[f"nofusion+onednn{XLA_RELU}"] = ("nofusion", "onednn", None)
 
 
 def _onednn_unavailable() -> str:
@@ -111,11 +115,15 @@ def setup(request):
     # else 'auto', which is Flax's.
     want_bn = ("onednn" if conv == "onednn" and request.param and not flax_bn
                else "flax")
+    xla_relu = name.endswith(XLA_RELU)
     st = make_train_step(model, tx, impl=impl, loss_multiplier=2.0,
                          conv=conv, conv_grad_chunk=chunk,
-                         batch_norm="onednn" if want_bn == "onednn" else "auto")
+                         batch_norm="onednn" if want_bn == "onednn" else "auto",
+                         relu="xla" if xla_relu else "auto")
     assert (st.impl, st.conv, st.conv_grad_chunk) == (impl, conv, chunk or 0)
     assert st.batch_norm == want_bn, (name, st.batch_norm_reason)
+    fused = conv == "onednn" and not request.param and not xla_relu
+    assert st.relu == ("onednn" if fused else "xla"), (name, st.relu_reason)
     new_state, metrics = st(state, images, labels)
     out[name] = (new_state, metrics)
   ref_state = create_train_state(model, tx, seed=3)
@@ -213,6 +221,36 @@ def test_batch_norm_choice_resolution_and_errors(monkeypatch):
   assert config_from_argv(["--batch-norm", "flax"]).batch_norm == "flax"
   with pytest.raises(ConfigError, match="batch_norm 'fast'.*auto, onednn, flax"):
     validate(Config(batch_norm="fast"))
+
+
+def test_relu_choice_resolution_and_errors():
+  from experiments.config import Config, ConfigError, validate
+  from experiments.train import config_from_argv
+  bn_model = ResNet(8, 10, use_bn=True, rngs=nnx.Rngs(0))
+  plain_model = ResNet(8, 10, use_bn=False, rngs=nnx.Rngs(0))
+  tx = optax.sgd(0.1)
+  resolve = step_lib._resolve_relu_why
+  for bad in ("fused", "ONEDNN", None):
+    with pytest.raises(ValueError, match=r"make_train_step: unknown `relu=.*auto, onednn, xla"):
+      resolve(bad, "onednn", plain_model)
+  assert resolve("auto", "onednn", plain_model)[0] == "onednn"
+  assert resolve("auto", "xla", plain_model) == ("xla", "auto: the convolutions are XLA's")
+  assert resolve("auto", "onednn", bn_model) == (
+      "xla", "auto: no ResNet stem or block without BatchNorm")
+  assert resolve("xla", "onednn", plain_model) == ("xla", "requested")
+  # 'onednn' where there is nothing to fuse into: the reason and the fix.
+  with pytest.raises(ValueError, match=r"relu='onednn'.*resolved to 'xla'.*conv='onednn'"):
+    make_train_step(plain_model, tx, conv="xla", relu="onednn")
+  if not _onednn_unavailable():
+    with pytest.raises(ValueError, match=r"relu='onednn'.*ResNet has none.*relu='auto'"):
+      make_train_step(bn_model, tx, conv="onednn", relu="onednn")
+  st = make_train_step(plain_model, tx, impl="plain", conv="xla")
+  assert (st.relu, st.relu_reason) == ("xla", "auto: the convolutions are XLA's")
+  # The run config and the CLI flag.
+  assert Config().relu == "auto"
+  assert config_from_argv(["--relu", "xla"]).relu == "xla"
+  with pytest.raises(ConfigError, match="relu 'fused'.*auto, onednn, xla"):
+    validate(Config(relu="fused"))
 
 
 def test_chunked_conv_matches_lax_conv_gradients():
@@ -564,7 +602,7 @@ def bf16_steps(setup):
   return _bf16_steps(setup, "xla")
 
 
-def _bf16_steps(setup, conv: str) -> dict:
+def _bf16_steps(setup, conv: str, relu: str = "auto") -> dict:
   """{impl: (step, new_state, metrics)} for plain and blockwise in bfloat16."""
   model, _, _ = setup
   images, labels = _batch()
@@ -572,7 +610,7 @@ def _bf16_steps(setup, conv: str) -> dict:
   out = {}
   for impl in ("plain", "blockwise"):
     st = make_train_step(model, tx, impl=impl, loss_multiplier=2.0,
-                         conv=conv, precision="bfloat16")
+                         conv=conv, precision="bfloat16", relu=relu)
     assert (st.impl, st.conv, st.conv_grad_chunk, st.precision) == (
         impl, conv, 0, "bfloat16")
     out[impl] = (st,) + st(create_train_state(model, tx, seed=3), images, labels)
@@ -644,11 +682,24 @@ ONEDNN_BF16_TOTAL_COSINE = {False: 0.99999, True: BF16_TOTAL_COSINE[True]}
 
 @pytest.fixture(scope="module")
 def bf16_onednn_steps(setup):
-  """`bf16_steps` with oneDNN's convolutions (skips where they cannot be built)."""
+  """`bf16_steps` with oneDNN's convolutions and XLA's ReLUs, the same
+  computation as XLA's bfloat16 step (skips where they cannot be built)."""
   why_not = _onednn_unavailable()
   if why_not:
     pytest.skip(why_not)
-  return _bf16_steps(setup, "onednn")
+  return _bf16_steps(setup, "onednn", relu="xla")
+
+
+@pytest.fixture(scope="module")
+def bf16_fused_steps(setup):
+  """`bf16_steps` with oneDNN's convolutions fused with their ReLU and
+  residual add (what relu='auto' picks without BN)."""
+  why_not = _onednn_unavailable()
+  if why_not:
+    pytest.skip(why_not)
+  if setup[0].use_bn:
+    pytest.skip("with BatchNorm the ReLU is not fused")
+  return _bf16_steps(setup, "onednn", relu="onednn")
 
 
 @pytest.mark.parametrize("impl", ["plain", "blockwise"])
@@ -670,6 +721,30 @@ def test_bf16_onednn_step_matches_xla_bf16_and_float32(setup, bf16_steps,
     assert total > total_min[model.use_bn], (what, total)
     assert_trees_close(state.model_state, ref_state.model_state, rtol=2e-2,
                        what=f"bf16 oneDNN BN statistics vs {what}")
+
+
+# The fused bfloat16 step rounds relu(conv + residual) once where the unfused
+# one rounds the convolution and then the sum, so it is not the XLA bfloat16
+# step up to summation order; it must meet the bfloat16-vs-float32
+# tolerances (measured on ResNet-8 without BN, batch 8: worst leaf cosine
+# 0.99853, whole gradient 0.99996, loss 4.8e-4 relative; the unfused oneDNN
+# bfloat16 step: 0.99860, 0.99996, 3.7e-4; fused vs unfused: worst leaf 0.99948).
+@pytest.mark.parametrize("impl", ["plain", "blockwise"])
+def test_bf16_fused_relu_step_matches_float32(setup, bf16_fused_steps, impl):
+  model, out, _ = setup
+  st, state, metrics = bf16_fused_steps[impl]
+  assert st.relu == "onednn"
+  ref_state, ref_metrics = out["plain"]
+  np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=BF16_LOSS_RTOL)
+  assert _float_dtypes((state.params, state.opt_state)) == {"float32"}
+  leaf, total = _cosines(state.opt_state, ref_state.opt_state)
+  assert min(leaf) > BF16_LEAF_COSINE[False], leaf
+  assert total > BF16_TOTAL_COSINE[False], total
+  if impl == "plain":  # one jit: the fused kernels ran, in bfloat16
+    hlo = st.jitted.lower(create_train_state(model, grad_capture(), seed=3),
+                          *_batch()).as_text()
+    assert "experiments_onednn_conv_fwd_add_relu_bf16" in hlo
+    assert "experiments_onednn_relu_bwd_bf16" in hlo
 
 
 def test_bf16_onednn_step_runs_every_convolution_on_bf16_kernels(setup,

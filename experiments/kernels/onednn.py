@@ -84,6 +84,11 @@ _TARGETS = {(k, dt): f"experiments_onednn_conv_{k}{suffix}"
 # experiments/kernels/batch_norm.py.
 BATCH_NORM_TARGETS = {"fwd": "experiments_onednn_batch_norm_fwd",
                       "bwd": "experiments_onednn_batch_norm_bwd"}
+# Fused forward convolutions (relu(conv), relu(conv + r)) and the relu
+# gradient, per element type: used by experiments/kernels/fused_relu.py.
+FUSED_TARGETS = {(k, dt): f"experiments_onednn_{k}{suffix}"
+                 for k in ("conv_fwd_relu", "conv_fwd_add_relu", "relu_bwd")
+                 for dt, suffix in _DTYPE_SUFFIX.items()}
 _INSTALL_HINT = (
     "install oneDNN with `pip install onednn-cpu-gomp==2023.2.0 "
     "onednn-devel-cpu-gomp==2023.2.0` (part of `pip install -e .[experiments]` "
@@ -219,7 +224,7 @@ def _load_built() -> str:
     so = ctypes.cdll.LoadLibrary(str(path))
   except (OneDNNUnavailable, OSError) as e:
     return str(e)
-  for name in (*_TARGETS.values(), *BATCH_NORM_TARGETS.values()):
+  for name in (*_TARGETS.values(), *BATCH_NORM_TARGETS.values(), *FUSED_TARGETS.values()):
     if name not in _REGISTERED:  # once per process, whichever cache it came from
       jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(so, name)),
                                   platform="cpu")

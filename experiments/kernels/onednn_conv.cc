@@ -19,6 +19,7 @@
 // Primitives are built once per shape, element type (and epsilon) and cached.
 // Calls are serialised: each one already uses every core through oneDNN's
 // OpenMP threads. Built by experiments/kernels/onednn.py.
+#include <algorithm>
 #include <array>
 #include <cstdlib>
 #include <cstring>
@@ -44,9 +45,14 @@ using dt = dnnl::memory::data_type;
 namespace {
 
 // n, h, w, c, kh, kw, k, oh, ow, stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right,
-// kind, element type (a dnnl::memory::data_type)
-using Key = std::array<int64_t, 17>;
+// kind, element type (a dnnl::memory::data_type), post-op (forward only)
+using Key = std::array<int64_t, 18>;
 enum Kind : int64_t { kFwd = 0, kBwdData = 1, kBwdWeights = 2 };
+// What the forward convolution applies to its result before writing it:
+// nothing, relu(.), or relu(. + r) with r a tensor of the output's shape (the
+// residual of a ResNet block). Fused, they save one or two passes over the
+// activation (oneDNN post-ops).
+enum Post : int64_t { kNone = 0, kRelu = 1, kAddRelu = 2 };
 
 struct Entry {
   dnnl::primitive prim;
@@ -106,6 +112,17 @@ std::shared_ptr<Entry> Build(const Key& k) {
   auto e = std::make_shared<Entry>();
   e->wei_user = wuser;
   if (k[15] == kFwd) {
+    if (k[17] != kNone) {
+      dnnl::post_ops ops;
+      if (k[17] == kAddRelu) ops.append_binary(dnnl::algorithm::binary_add, dst_md);
+      ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+      dnnl::primitive_attr post_attr;
+      post_attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+      post_attr.set_post_ops(ops);
+      fwd = dnnl::convolution_forward::primitive_desc(
+          eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+          src_md, wany, dst_md, strides, pl, pr, post_attr);
+    }
     e->prim = dnnl::convolution_forward(fwd);
     e->act_a = src_md; e->act_b = dst_md;
     e->wei_prim = fwd.weights_desc();
@@ -151,10 +168,11 @@ ffi::Error Guarded(const char* what, F&& body) {
 }
 
 ffi::Error Run(int64_t kind, dt type, const int64_t* nhwc, const int64_t* hwio, const int64_t* out_nhwc,
-               ffi::Span<const int64_t> geom, void* a, void* b, void* out) {
+               ffi::Span<const int64_t> geom, void* a, void* b, void* out,
+               Post post = kNone, void* residual = nullptr) {
   if (geom.size() != 6) return ffi::Error(ffi::ErrorCode::kInvalidArgument, "geometry must have 6 entries");
   Key k{nhwc[0], nhwc[1], nhwc[2], nhwc[3], hwio[0], hwio[1], hwio[3], out_nhwc[1], out_nhwc[2],
-        geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], kind, static_cast<int64_t>(type)};
+        geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], kind, static_cast<int64_t>(type), post};
   return Guarded("oneDNN convolution", [&] {
     auto& cache = Cache();
     auto it = cache.find(k);
@@ -172,7 +190,12 @@ ffi::Error Run(int64_t kind, dt type, const int64_t* nhwc, const int64_t* hwio, 
         dnnl::reorder(wu, wp).execute(strm, wu, wp);
       }
       memory ma(e.act_a, eng, a), mo(e.act_b, eng, out);
-      if (kind == kFwd)
+      if (kind == kFwd && post == kAddRelu) {
+        memory mr(e.act_b, eng, residual);
+        e.prim.execute(strm, {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, wp}, {DNNL_ARG_DST, mo},
+                              {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, mr},
+                              {DNNL_ARG_SCRATCHPAD, scratch}});
+      } else if (kind == kFwd)
         e.prim.execute(strm, {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, wp}, {DNNL_ARG_DST, mo}, {DNNL_ARG_SCRATCHPAD, scratch}});
       else
         e.prim.execute(strm, {{DNNL_ARG_DIFF_DST, ma}, {DNNL_ARG_WEIGHTS, wp}, {DNNL_ARG_DIFF_SRC, mo}, {DNNL_ARG_SCRATCHPAD, scratch}});
@@ -202,6 +225,26 @@ ffi::Error Fwd(ffi::Buffer<T> x, ffi::Buffer<T> w, ffi::ResultBuffer<T> y,
 }
 
 template <ffi::DataType T>
+ffi::Error FwdRelu(ffi::Buffer<T> x, ffi::Buffer<T> w, ffi::ResultBuffer<T> y,
+                   ffi::Span<const int64_t> geom) {
+  return Run(kFwd, DnnlType<T>(), x.dimensions().begin(), w.dimensions().begin(),
+             y->dimensions().begin(), geom, x.untyped_data(), w.untyped_data(), y->untyped_data(),
+             kRelu);
+}
+
+template <ffi::DataType T>
+ffi::Error FwdAddRelu(ffi::Buffer<T> x, ffi::Buffer<T> w, ffi::Buffer<T> r,
+                      ffi::ResultBuffer<T> y, ffi::Span<const int64_t> geom) {
+  auto rd = r.dimensions(), yd = y->dimensions();
+  if (rd.size() != yd.size() || !std::equal(rd.begin(), rd.end(), yd.begin()))
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "conv add relu: the residual must have the output's shape");
+  return Run(kFwd, DnnlType<T>(), x.dimensions().begin(), w.dimensions().begin(),
+             y->dimensions().begin(), geom, x.untyped_data(), w.untyped_data(), y->untyped_data(),
+             kAddRelu, r.untyped_data());
+}
+
+template <ffi::DataType T>
 ffi::Error BwdData(ffi::Buffer<T> g, ffi::Buffer<T> w, ffi::ResultBuffer<T> dx,
                    ffi::Span<const int64_t> geom) {
   return Run(kBwdData, DnnlType<T>(), dx->dimensions().begin(), w.dimensions().begin(),
@@ -220,6 +263,50 @@ template <ffi::DataType T>
 auto Binding() {
   return ffi::Ffi::Bind().Arg<ffi::Buffer<T>>().template Arg<ffi::Buffer<T>>()
       .template Ret<ffi::Buffer<T>>().template Attr<ffi::Span<const int64_t>>("geometry");
+}
+
+// ------------------------------------------------------------ relu backward
+
+// dz = dy where y > 0, else 0: the gradient through y = relu(z), computed
+// from the output y (oneDNN's eltwise_relu_use_dst_for_bwd), in one pass.
+// Keyed by element count and type: the tensor is treated as flat.
+struct ReluEntry {
+  dnnl::primitive prim;
+  memory::desc md;
+};
+
+std::map<std::pair<int64_t, int64_t>, std::shared_ptr<ReluEntry>>& ReluCache() {
+  static std::map<std::pair<int64_t, int64_t>, std::shared_ptr<ReluEntry>> c;
+  return c;
+}
+
+template <ffi::DataType T>
+ffi::Error ReluBwd(ffi::Buffer<T> dy, ffi::Buffer<T> y, ffi::ResultBuffer<T> dz) {
+  const int64_t n = static_cast<int64_t>(dy.element_count());
+  if (static_cast<int64_t>(y.element_count()) != n || static_cast<int64_t>(dz->element_count()) != n)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "relu backward: operands differ in size");
+  return Guarded("oneDNN relu backward", [&] {
+    auto& eng = Engine();
+    auto key = std::make_pair(n, static_cast<int64_t>(DnnlType<T>()));
+    auto& cache = ReluCache();
+    auto it = cache.find(key);
+    if (it == cache.end()) {
+      auto e = std::make_shared<ReluEntry>();
+      e->md = memory::desc({n}, DnnlType<T>(), tag::a);
+      auto alg = dnnl::algorithm::eltwise_relu_use_dst_for_bwd;
+      auto fwd = dnnl::eltwise_forward::primitive_desc(
+          eng, dnnl::prop_kind::forward_training, alg, e->md, e->md, 0.f, 0.f);
+      auto pd = dnnl::eltwise_backward::primitive_desc(eng, alg, e->md, e->md, e->md, 0.f, 0.f, fwd);
+      e->prim = dnnl::eltwise_backward(pd);
+      it = cache.emplace(key, e).first;
+    }
+    ReluEntry& e = *it->second;
+    dnnl::stream strm(eng);
+    memory mdy(e.md, eng, dy.untyped_data()), my(e.md, eng, y.untyped_data()),
+        mdz(e.md, eng, dz->untyped_data());
+    e.prim.execute(strm, {{DNNL_ARG_DIFF_DST, mdy}, {DNNL_ARG_DST, my}, {DNNL_ARG_DIFF_SRC, mdz}});
+    strm.wait();
+  });
 }
 
 // ------------------------------------------------------- batch normalization
@@ -348,6 +435,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(experiments_onednn_conv_fwd_bf16, Fwd<ffi::BF16>, 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(experiments_onednn_conv_bwd_data_bf16, BwdData<ffi::BF16>, Binding<ffi::BF16>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(experiments_onednn_conv_bwd_weights_bf16, BwdWeights<ffi::BF16>,
                               Binding<ffi::BF16>());
+#define EXPERIMENTS_FUSED_HANDLERS(T, SUFFIX)                                                   \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(experiments_onednn_conv_fwd_relu##SUFFIX, FwdRelu<T>, Binding<T>()); \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                                 \
+      experiments_onednn_conv_fwd_add_relu##SUFFIX, FwdAddRelu<T>,                               \
+      ffi::Ffi::Bind().Arg<ffi::Buffer<T>>().Arg<ffi::Buffer<T>>().Arg<ffi::Buffer<T>>()          \
+          .Ret<ffi::Buffer<T>>().Attr<ffi::Span<const int64_t>>("geometry"));                    \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                                 \
+      experiments_onednn_relu_bwd##SUFFIX, ReluBwd<T>,                                           \
+      ffi::Ffi::Bind().Arg<ffi::Buffer<T>>().Arg<ffi::Buffer<T>>().Ret<ffi::Buffer<T>>())
+EXPERIMENTS_FUSED_HANDLERS(ffi::F32, );
+EXPERIMENTS_FUSED_HANDLERS(ffi::BF16, _bf16);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     experiments_onednn_batch_norm_fwd, BnFwd,
     ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()

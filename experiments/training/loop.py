@@ -52,6 +52,7 @@ import proxopt
 from experiments.config import Config, ConfigError
 from experiments.files import write_json
 from experiments.input_pipeline import eval_batches, load_dataset, steps_per_epoch, train_batches
+from experiments.kernels import host_memory
 from experiments.models import count_params, make_model
 from experiments.steps import train_step as step_lib
 from experiments.training import metrics as metrics_lib
@@ -134,7 +135,7 @@ def run(cfg: Config, log=print) -> dict:
   state = step_lib.create_train_state(model, tx, seed=cfg.seed, mesh=mesh)
   train_step = step_lib.make_train_step(
       model, tx, loss_multiplier=cfg.loss_multiplier, augment=cfg.augment,
-      mesh=mesh, impl=cfg.impl, conv=cfg.conv, batch_norm=cfg.batch_norm,
+      mesh=mesh, impl=cfg.impl, conv=cfg.conv, batch_norm=cfg.batch_norm, relu=cfg.relu,
       precision=cfg.precision)
   eval_step = step_lib.make_eval_step(model, mesh=mesh, conv=train_step.conv,
                                       precision=cfg.precision)
@@ -146,7 +147,9 @@ def run(cfg: Config, log=print) -> dict:
                   step_impl=train_step.impl, step_conv=train_step.conv,
                   step_conv_reason=getattr(train_step, "conv_reason", None),
                   step_batch_norm=train_step.batch_norm,
-                  step_batch_norm_reason=train_step.batch_norm_reason)
+                  step_batch_norm_reason=train_step.batch_norm_reason,
+                  step_relu=train_step.relu, step_relu_reason=train_step.relu_reason,
+                  host_memory=host_memory.status())
   if is_main:
     if not (out / "config.json").exists():
       write_json(out / "config.json", cfg.to_dict())
@@ -288,7 +291,9 @@ def run(cfg: Config, log=print) -> dict:
       "images_per_sec": (bs / med) if med else None,
       "wall_seconds": last.get("wall_seconds"), "num_params": resolved["num_params"],
       "step_impl": train_step.impl, "step_conv": train_step.conv,
-      "step_batch_norm": train_step.batch_norm, "precision": cfg.precision, "devices": n_dev,
+      "step_batch_norm": train_step.batch_norm, "step_relu": train_step.relu,
+      "precision": cfg.precision, "devices": n_dev,
+      "host_memory": host_memory.status(),
   }
   if is_main:
     write_json(summary_path, summary)
