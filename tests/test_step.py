@@ -223,6 +223,33 @@ def test_batch_norm_choice_resolution_and_errors(monkeypatch):
     validate(Config(batch_norm="fast"))
 
 
+@pytest.mark.parametrize("use_bn", [False, True], ids=["nobn", "bn"])
+def test_blockwise_runs_of_blocks_map_every_leaf(monkeypatch, use_bn):
+  # ResNet-14 has 6 blocks: runs of 4 give two segments of unequal length
+  # (4 and 2), so the paths inside a run must map back to ['blocks'][i].
+  monkeypatch.setattr(step_lib, "BLOCKS_PER_SEGMENT", 4)
+  model = ResNet(14, 10, use_bn=use_bn, rngs=nnx.Rngs(1))
+  _, params, rest = step_lib._split(model)
+  segs = step_lib._segments(model, params, rest, 4)
+  assert len(segs) == 4  # stem, 4 blocks, 2 blocks, head
+  assert sorted(i for s in segs for i in s.p_index) == list(range(len(jax.tree.leaves(params))))
+  # Each segment's leaves are those of its own part of the model.
+  paths = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  owners = [("['stem']",), tuple(f"['blocks'][{i}]" for i in range(4)),
+            ("['blocks'][4]", "['blocks'][5]"), ("['head']",)]
+  for seg, prefixes in zip(segs, owners):
+    assert seg.p_index and all(paths[i].startswith(prefixes) for i in seg.p_index)
+  # And the step computes the plain step's gradients and statistics.
+  images, labels = _batch()
+  tx = grad_capture()
+  out = {}
+  for impl in ("plain", "blockwise"):
+    st = make_train_step(model, tx, impl=impl, conv="xla", conv_grad_chunk=None)
+    out[impl] = st(create_train_state(model, tx, seed=3), images, labels)
+  assert_trees_close(out["blockwise"][0].opt_state, out["plain"][0].opt_state, what="runs of 4")
+  assert_trees_close(out["blockwise"][0].model_state, out["plain"][0].model_state, what="stats")
+
+
 def test_relu_choice_resolution_and_errors():
   from experiments.config import Config, ConfigError, validate
   from experiments.train import config_from_argv
