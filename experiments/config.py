@@ -79,8 +79,8 @@ class Config:
   update_hist: bool = True
   impl: str = "auto"
   conv: str = "auto"  # auto: oneDNN only if already built, never compiles
-  batch_norm: str = "auto"  # train-mode BatchNorm: auto = flax (oneDNN's: no consistent gain)
-  relu: str = "auto"  # ResNets without BN: ReLU/residual add fused into oneDNN convs (auto: when conv is onednn)
+  batch_norm: str = "auto"  # train-mode BatchNorm: auto = onednn with oneDNN convs in float32, else flax
+  relu: str = "auto"  # ResNet ReLUs/residual adds fused into oneDNN convs or BN (auto: when conv is onednn)
   precision: str = "float32"  # bfloat16: bf16 compute, float32 weights/optimizer/loss
   # bookkeeping
   recipe: str | None = None

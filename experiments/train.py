@@ -93,11 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     "on one CPU device if already built by `python -m experiments.kernels build`, "
     "else XLA; onednn builds them on first use)")
   a("--batch-norm", dest="batch_norm", choices=BATCH_NORMS,
-    help="BatchNorm in train mode: auto (default: Flax's; oneDNN's gave no "
-    "consistent gain in the step), onednn (float32, CPU) or flax; eval always uses Flax's")
+    help="BatchNorm in train mode: auto (default: oneDNN's with oneDNN convolutions "
+    "in float32, else Flax's), onednn (float32, CPU) or flax; eval always uses Flax's")
   a("--relu", choices=RELUS,
-    help="ReLUs and residual adds of ResNet layers without BatchNorm: auto (default: "
-    "fused into the convolutions when they run on oneDNN), onednn (fused) or xla")
+    help="ReLUs and residual adds of the ResNet stem and blocks: auto (default: fused "
+    "into oneDNN's convolutions without BN, into oneDNN's BatchNorm with it, when the "
+    "convolutions run on oneDNN), onednn (fused) or xla")
   a("--precision", choices=PRECISIONS,
     help="compute dtype: float32 (default), or bfloat16 mixed precision as on "
     "TPU/GPU (bfloat16 convolutions and activations; float32 weights, "

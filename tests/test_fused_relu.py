@@ -145,3 +145,78 @@ def test_resnet_view_computes_the_model_with_fused_kernels(use_bn):
   # The view shares the parameters and splits into the same state.
   assert jax.tree.structure(nnx.state(view)) == jax.tree.structure(nnx.state(model))
   assert type(model.blocks[0]).__name__ == "BasicBlock"  # the model is untouched
+
+
+# ------------------------------------------------- with oneDNN's BatchNorm
+
+
+def _bn_relu_reference(x, scale, bias, residual=None):
+  mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
+  y = (x - mean) * lax.rsqrt(var + 1e-5) * scale + bias
+  return jax.nn.relu(y if residual is None else y + residual)
+
+
+@pytest.mark.parametrize("shape", [(8, 16, 16, 16), (8, 8, 8, 64)], ids=["16x16x16", "8x8x64"])
+def test_batch_norm_relu_and_add_relu_equal_unfused_xla(shape):
+  from experiments.kernels import batch_norm
+  keys = jax.random.split(jax.random.key(3), 5)
+  x = 2.0 + 3.0 * jax.random.normal(keys[0], shape)  # not already normalised
+  scale = 1.0 + 0.5 * jax.random.normal(keys[1], shape[-1:])
+  bias = 0.5 * jax.random.normal(keys[2], shape[-1:])
+  r = jax.random.normal(keys[3], shape)
+  g = jax.random.normal(keys[4], shape)
+
+  def bn_relu(x, scale, bias):
+    return batch_norm.batch_norm_relu_train(x, scale, bias, 1e-5)[0]
+
+  got = jax.vjp(bn_relu, x, scale, bias)
+  ref = jax.vjp(_bn_relu_reference, x, scale, bias)
+  _close(got[0], ref[0], what="relu(bn(x))")
+  for what, a, b in zip(("dx", "dscale", "dbias"), got[1](g), ref[1](g)):
+    _close(a, b, what=what)
+  # The batch statistics it returns for the running averages.
+  _, mean, var = batch_norm.batch_norm_relu_train(x, scale, bias, 1e-5)
+  _close(mean, x.mean((0, 1, 2)), tol=1e-6, what="mean")
+  _close(var, x.var((0, 1, 2)), tol=1e-5, what="var")
+  # relu(a + b) in one oneDNN pass, and its gradient for both operands.
+  a = jax.random.normal(keys[0], shape)
+  got = jax.vjp(fused_relu.add_relu, a, r)
+  ref = jax.vjp(lambda a, b: jax.nn.relu(a + b), a, r)
+  np.testing.assert_array_equal(got[0], ref[0])
+  for a_, b_ in zip(got[1](g), ref[1](g)):
+    np.testing.assert_array_equal(a_, b_)
+
+
+def test_resnet_view_with_onednn_batch_norm_fuses_the_relus():
+  from experiments.kernels.batch_norm import with_onednn_batch_norm
+  model = ResNet(8, 10, use_bn=True, rngs=nnx.Rngs(0))
+  assert fused_relu.has_fusable_layers(model, onednn_batch_norm=True)
+  view = with_onednn_batch_norm(fused_relu.with_fused_relu(model))
+  x = jax.random.normal(jax.random.key(4), (8, 32, 32, 3))
+
+  def train_forward(m):
+    # Batch statistics (the layers' default mode), and the running averages
+    # they update, as a pure function of the split state.
+    graphdef, state = nnx.split(m)
+
+    def f(state, x):
+      m = nnx.merge(graphdef, state)
+      return m(x), nnx.state(m, nnx.BatchStat)
+
+    return jax.jit(f), state
+
+  f, state = train_forward(view)
+  f_ref, state_ref = train_forward(model)
+  y, stats = f(state, x)
+  y_ref, stats_ref = f_ref(state_ref, x)
+  _close(y, y_ref, tol=1e-5, what="logits")
+  initial = jax.tree.leaves(nnx.state(model, nnx.BatchStat))
+  assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(stats), initial))
+  for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(stats_ref)):
+    _close(a, b, tol=1e-5, what="running statistics")
+  text = f.lower(state, x).as_text()
+  # ResNet-8: the stem's and the 3 blocks' first BN with their ReLU, the 3
+  # blocks' second BN unfused, then add + ReLU in one pass.
+  assert _calls(text, "batch_norm_relu_fwd") == 4
+  assert _calls(text, "batch_norm_fwd") == 3
+  assert _calls(text, "add_relu") == 3

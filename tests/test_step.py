@@ -35,13 +35,14 @@ CONFIGS = {"plain": ("plain", "xla", None), "nofusion": ("nofusion", "xla", None
 # collection) and these cases skip, saying why, where they cannot be built.
 CONFIGS.update({f"{impl}+onednn": (impl, "onednn", None)
                 for impl in ("plain", "nofusion", "blockwise")})
-# The same with Flax's BatchNorm (what batch_norm='auto' picks) instead of
-# oneDNN's (asked for in the configs above): only run on the model with BatchNorm.
+# The same with Flax's BatchNorm instead of oneDNN's (what batch_norm='auto'
+# picks with oneDNN convolutions in float32): only run on the model with BatchNorm.
 FLAX_BN = "+flaxbn"
 CONFIGS.update({f"{impl}+onednn{FLAX_BN}": (impl, "onednn", None)
                 for impl in ("plain", "nofusion", "blockwise")})
-# Without BN the oneDNN configs above fuse conv + ReLU (+ residual add), what
-# relu='auto' picks; this one keeps XLA's ReLUs with oneDNN's convolutions.
+# The oneDNN configs above fuse the ReLUs (what relu='auto' picks): into the
+# convolutions without BN, into oneDNN's BatchNorm with it; this one keeps
+# XLA's ReLUs (and, with BN, oneDNN's unfused BatchNorm).
 XLA_RELU = "+xlarelu"
 CONFIGS[f"nofusion+onednn{XLA_RELU}"] = ("nofusion", "onednn", None)
 
@@ -116,13 +117,16 @@ def setup(request):
     want_bn = ("onednn" if conv == "onednn" and request.param and not flax_bn
                else "flax")
     xla_relu = name.endswith(XLA_RELU)
+    # 'auto' picks oneDNN's BatchNorm with oneDNN convolutions in float32.
     st = make_train_step(model, tx, impl=impl, loss_multiplier=2.0,
                          conv=conv, conv_grad_chunk=chunk,
-                         batch_norm="onednn" if want_bn == "onednn" else "auto",
+                         batch_norm="flax" if flax_bn else "auto",
                          relu="xla" if xla_relu else "auto")
     assert (st.impl, st.conv, st.conv_grad_chunk) == (impl, conv, chunk or 0)
     assert st.batch_norm == want_bn, (name, st.batch_norm_reason)
-    fused = conv == "onednn" and not request.param and not xla_relu
+    # The ReLUs are fused into oneDNN's convolutions (no BN) or BatchNorm.
+    fused = (conv == "onednn" and not xla_relu
+             and (not request.param or want_bn == "onednn"))
     assert st.relu == ("onednn" if fused else "xla"), (name, st.relu_reason)
     new_state, metrics = st(state, images, labels)
     out[name] = (new_state, metrics)
@@ -191,16 +195,21 @@ def test_batch_norm_choice_resolution_and_errors(monkeypatch):
       make_eval_step(bn_model, batch_norm=bad)
   # The eval step normalises with the running statistics: always Flax's.
   assert make_eval_step(bn_model, conv="xla", batch_norm="flax").batch_norm == "flax"
-  # 'auto' is Flax's BatchNorm (oneDNN's gave no consistent gain in the step).
+  # 'auto' is oneDNN's BatchNorm with oneDNN convolutions in float32 (where
+  # the ReLUs fuse into it), else Flax's.
   resolve = step_lib._resolve_batch_norm_why
-  for conv, precision in (("xla", "float32"), ("onednn", "bfloat16"), ("onednn", "float32")):
-    assert resolve("auto", conv, precision, None, bn_model) == (
-        "flax", "auto: Flax's BatchNorm (oneDNN's gave no consistent gain in the step)")
+  if not _onednn_unavailable():
+    assert resolve("auto", "onednn", "float32", None, bn_model) == (
+        "onednn", "auto: oneDNN convolutions, float32 (fused with the ReLUs)")
+  assert resolve("auto", "xla", "float32", None, bn_model) == (
+      "flax", "auto: the convolutions are XLA's")
+  assert resolve("auto", "onednn", "bfloat16", None, bn_model) == (
+      "flax", "auto: oneDNN's BatchNorm is float32 only (precision='bfloat16')")
   assert resolve("auto", "onednn", "float32", None, plain_model) == (
       "flax", "auto: the model has no nnx.BatchNorm")
   assert resolve("flax", "onednn", "float32", None, bn_model) == ("flax", "requested")
   st = make_train_step(bn_model, tx, impl="plain", conv="xla")
-  assert st.batch_norm == "flax" and st.batch_norm_reason.startswith("auto: Flax's")
+  assert st.batch_norm == "flax" and st.batch_norm_reason == "auto: the convolutions are XLA's"
   # 'onednn' where it cannot run: the reason and the fix.
   with pytest.raises(ValueError, match=r"batch_norm='onednn'.*float32.*batch_norm='auto' or 'flax'"):
     make_train_step(bn_model, tx, batch_norm="onednn", precision="bfloat16")
@@ -259,18 +268,20 @@ def test_relu_choice_resolution_and_errors():
   resolve = step_lib._resolve_relu_why
   for bad in ("fused", "ONEDNN", None):
     with pytest.raises(ValueError, match=r"make_train_step: unknown `relu=.*auto, onednn, xla"):
-      resolve(bad, "onednn", plain_model)
-  assert resolve("auto", "onednn", plain_model)[0] == "onednn"
-  assert resolve("auto", "xla", plain_model) == ("xla", "auto: the convolutions are XLA's")
-  assert resolve("auto", "onednn", bn_model) == (
-      "xla", "auto: no ResNet stem or block without BatchNorm")
-  assert resolve("xla", "onednn", plain_model) == ("xla", "requested")
+      resolve(bad, "onednn", "flax", plain_model)
+  assert resolve("auto", "onednn", "flax", plain_model) == ("onednn", "auto: oneDNN convolutions")
+  assert resolve("auto", "xla", "flax", plain_model) == ("xla", "auto: the convolutions are XLA's")
+  assert resolve("auto", "onednn", "onednn", bn_model) == (
+      "onednn", "auto: oneDNN convolutions and BatchNorm")
+  assert resolve("auto", "onednn", "flax", bn_model) == (
+      "xla", "auto: no ResNet stem or block without BatchNorm or with oneDNN's BatchNorm")
+  assert resolve("xla", "onednn", "flax", plain_model) == ("xla", "requested")
   # 'onednn' where there is nothing to fuse into: the reason and the fix.
   with pytest.raises(ValueError, match=r"relu='onednn'.*resolved to 'xla'.*conv='onednn'"):
     make_train_step(plain_model, tx, conv="xla", relu="onednn")
   if not _onednn_unavailable():
-    with pytest.raises(ValueError, match=r"relu='onednn'.*ResNet has none.*relu='auto'"):
-      make_train_step(bn_model, tx, conv="onednn", relu="onednn")
+    with pytest.raises(ValueError, match=r"relu='onednn'.*ResNet has neither.*batch_norm='onednn'"):
+      make_train_step(bn_model, tx, conv="onednn", batch_norm="flax", relu="onednn")
   st = make_train_step(plain_model, tx, impl="plain", conv="xla")
   assert (st.relu, st.relu_reason) == ("xla", "auto: the convolutions are XLA's")
   # The run config and the CLI flag.

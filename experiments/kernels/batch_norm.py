@@ -97,6 +97,28 @@ def _batch_norm_bwd(epsilon, res, cotangents):
 _batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _batch_norm_relu(x, scale, bias, epsilon):
+  return _ffi("relu_fwd", x, epsilon, x, scale, bias)
+
+
+def _batch_norm_relu_fwd(x, scale, bias, epsilon):
+  y, mean, var = _ffi("relu_fwd", x, epsilon, x, scale, bias)
+  return (y, mean, var), (x, scale, mean, var, y)
+
+
+def _batch_norm_relu_bwd(epsilon, res, cotangents):
+  x, scale, mean, var, y = res
+  # The ReLU's gradient from its output (one oneDNN pass), then BatchNorm's.
+  g = onednn.relu_grad(cotangents[0].astype(jnp.float32), y)
+  return _ffi("bwd", x, epsilon, x, g, mean, var, scale)
+
+
+_batch_norm_relu.defvjp(_batch_norm_relu_fwd, _batch_norm_relu_bwd)
+
+
+
+
 def supports(x: Any, scale: Any, bias: Any) -> bool:
   """Whether :func:`batch_norm_train` runs these operands on oneDNN: CPU,
   float32 NHWC `x`, float32 `scale` and `bias` of ``x.shape[-1]`` entries."""
@@ -135,6 +157,25 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array,
   return y, lax.stop_gradient(mean), lax.stop_gradient(var)
 
 
+def batch_norm_relu_train(x: jax.Array, scale: jax.Array, bias: jax.Array,
+                          epsilon: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``(relu(y), mean, var)`` with ``y, mean, var`` as in
+  :func:`batch_norm_train`, the ReLU applied by oneDNN in the same pass
+  (``fuse_norm_relu``). Its gradient: the ReLU's (from the output), then
+  oneDNN's BatchNorm backward. Same requirements as :func:`batch_norm_train`.
+  """
+  if not supports(x, scale, bias):
+    raise ValueError(
+        "batch_norm_relu_train: needs CPU, `x` float32 NHWC and `scale`/`bias` "
+        f"float32 of shape (C,); got x {x.dtype}{tuple(x.shape)}. Use "
+        "jax.nn.relu(nnx.BatchNorm(...)(x)) for other inputs.")
+  reason = onednn.unavailable_reason()
+  if reason:
+    raise onednn.OneDNNUnavailable(f"batch_norm_relu_train: {reason}")
+  y, mean, var = _batch_norm_relu(x, scale, bias, float(epsilon))
+  return y, lax.stop_gradient(mean), lax.stop_gradient(var)
+
+
 class OneDNNBatchNorm(nnx.BatchNorm):
   """``nnx.BatchNorm`` whose train-mode call runs :func:`batch_norm_train`.
 
@@ -166,9 +207,24 @@ class OneDNNBatchNorm(nnx.BatchNorm):
       return super().__call__(x, use_running_average, mask=mask)
     y, mean, var = batch_norm_train(x, self.scale[...], self.bias[...],
                                     self.epsilon)
+    self._update_statistics(mean, var)
+    return y
+
+  def _update_statistics(self, mean, var):
     # Flax's running-average update, term for term (biased batch variance).
     self.mean[...] = self.momentum * self.mean[...] + (1 - self.momentum) * mean
     self.var[...] = self.momentum * self.var[...] + (1 - self.momentum) * var
+
+  def relu_call(self, x, use_running_average: bool | None = None):
+    """``jax.nn.relu(self(x))``, with the ReLU fused into oneDNN's forward
+    pass (:func:`batch_norm_relu_train`) when the oneDNN path applies."""
+    ura = (use_running_average if use_running_average is not None
+           else self.use_running_average)
+    if not self._onednn_applies(x, ura, None):
+      return jax.nn.relu(super().__call__(x, use_running_average))
+    y, mean, var = batch_norm_relu_train(x, self.scale[...], self.bias[...],
+                                         self.epsilon)
+    self._update_statistics(mean, var)
     return y
 
 

@@ -1,32 +1,42 @@
-r"""Convolution + ReLU (+ residual) fused on oneDNN, for ResNets without BatchNorm.
+r"""The ReLUs and residual adds of a ResNet, fused into oneDNN's kernels.
 
-A basic block without BatchNorm computes
+A basic block computes
 
 .. math::
    h = \mathrm{relu}(\mathrm{conv}(x, w_1)), \qquad
-   y = \mathrm{relu}(\mathrm{conv}(h, w_2) + s(x)),
+   y = \mathrm{relu}(\mathrm{conv}(h, w_2) + s(x))
 
-with ``s`` the shortcut. XLA:CPU runs each ReLU and the residual add as a
-separate pass over the activation (one thread per pass), and with its
-``fusion`` pass off (``impl="nofusion"``) the ReLU gradient
-``dz = dy * [y > 0]`` takes three (broadcast, compare, select). oneDNN
-applies the ReLU and the add to the convolution's output before writing it
-(post-ops), and computes the ReLU gradient from ``y`` in one multi-threaded
-pass, as PyTorch's CPU step does. Measured here (ResNet-56 without BN, batch
-128, oneDNN convolutions, ``impl="nofusion"``): the separate ReLU, add and
-ReLU-gradient passes took about 60 ms of a 0.32 s step; see
-``docs/guides/cpu_training.md`` for the step times with and without fusion.
+without BatchNorm (with it, ``bn`` after each ``conv``), with ``s`` the
+shortcut. XLA:CPU runs each ReLU and the residual add as a separate pass
+over the activation (one thread per pass), and with its ``fusion`` pass off
+(``impl="nofusion"``) the ReLU gradient ``dz = dy * [y > 0]`` takes three
+(broadcast, compare, select). Here, as in PyTorch's CPU step, the ReLU is
+applied by the kernel that produces its input and its gradient is one
+multi-threaded oneDNN pass from the output:
 
-:func:`conv_relu` and :func:`conv_add_relu` are the ops (``jax.custom_vjp``;
-the backward pass is the ReLU gradient, then oneDNN's input and weight
-gradients). :func:`with_fused_relu` gives a view of a model whose
-:class:`~experiments.models.resnet.Stem` and
-:class:`~experiments.models.resnet.BasicBlock` layers without BatchNorm call
-them; anything else (BatchNorm, biases, dilation, other layouts or dtypes)
-runs the layers' own code. The numbers are the same as the unfused step's
-within float32 rounding (tested against the plain XLA step); in bfloat16
-the fused op rounds once where the unfused one rounds after the
-convolution and again after the add.
+* without BatchNorm, :func:`conv_relu` and :func:`conv_add_relu` apply the
+  ReLU (and the add of the shortcut) to the convolution's output before
+  writing it (oneDNN post-ops);
+* with oneDNN's BatchNorm (:mod:`experiments.kernels.batch_norm`), the
+  first BatchNorm of a block applies its ReLU (``fuse_norm_relu``) and
+  :func:`add_relu` computes ``relu(bn(...) + s(x))`` in one pass (oneDNN's
+  binary add with a ReLU post-op; oneDNN 3.2 has no CPU
+  ``fuse_norm_add_relu``).
+
+Measured here (ResNet-56 without BN, batch 128, oneDNN convolutions,
+``impl="nofusion"``): the separate ReLU, add and ReLU-gradient passes took
+about 60 ms of a 0.32 s step; ``docs/guides/cpu_training.md`` has the step
+times with and without fusion.
+
+The ops are ``jax.custom_vjp`` functions whose backward pass is the ReLU
+gradient, then the producer's own gradients. :func:`with_fused_relu` gives a
+view of a model whose :class:`~experiments.models.resnet.Stem` and
+:class:`~experiments.models.resnet.BasicBlock` layers call them, without
+BatchNorm or with oneDNN's; anything else (Flax's BatchNorm, biases,
+dilation, other layouts or dtypes) runs the layers' own code. The numbers
+are the unfused step's within float32 rounding (tested against the plain
+XLA step); in bfloat16 the fused convolution rounds once where the unfused
+one rounds after the convolution and again after the add.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -48,6 +58,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from experiments.kernels import onednn
+from experiments.kernels.onednn import relu_grad
+from experiments.kernels.batch_norm import OneDNNBatchNorm
 from experiments.kernels.fastconv import with_layers_changed
 from experiments.models.resnet import BasicBlock, Stem, shortcut_option_a
 
@@ -67,9 +79,28 @@ def _out_like(x, w, strides, pads):
   return jax.ShapeDtypeStruct((n, oh, ow, k), x.dtype)
 
 
+@jax.custom_vjp
+def add_relu(a: jax.Array, b: jax.Array) -> jax.Array:
+  """``relu(a + b)`` in one oneDNN pass (same shape and dtype)."""
+  return _call("add_relu", a, a, b)
+
+
+def _add_relu_fwd(a, b):
+  z = add_relu(a, b)
+  return z, z
+
+
+def _add_relu_bwd(z, g):
+  dz = relu_grad(g, z)
+  return dz, dz
+
+
+add_relu.defvjp(_add_relu_fwd, _add_relu_bwd)
+
+
 def _conv_grads(x, w, y, g, strides, pads):
   """(dz, dx, dw) for y = relu(z), z = conv(x, w) (+ r), from dL/dy = g."""
-  dz = _call("relu_bwd", y, g.astype(y.dtype), y)
+  dz = relu_grad(g, y)
   dx, dw = onednn._conv_bwd(strides, pads, (x, w), dz)
   return dz, dx, dw
 
@@ -157,23 +188,42 @@ def _pair(v):
   return (int(v), int(v)) if isinstance(v, int) else tuple(int(s) for s in v)
 
 
+def _onednn_bn(*layers) -> bool:
+  """Whether every one of `layers` is a BatchNorm computed by oneDNN."""
+  return all(isinstance(layer, OneDNNBatchNorm) for layer in layers)
+
+
 class FusedStem(Stem):
-  """:class:`~experiments.models.resnet.Stem` with conv + ReLU in one call."""
+  """:class:`~experiments.models.resnet.Stem` with conv + ReLU in one call
+  (without BN), or BN + ReLU in one call (oneDNN's BN)."""
 
   def __call__(self, x):
-    ops = _operands(self.conv, x) if self.bn is None else None
+    if self.bn is not None:
+      if not _onednn_bn(self.bn):
+        return super().__call__(x)
+      return self.bn.relu_call(self.conv(x))
+    ops = _operands(self.conv, x)
     if ops is None:
       return super().__call__(x)
     return conv_relu(*ops)
 
 
 class FusedBasicBlock(BasicBlock):
-  """:class:`~experiments.models.resnet.BasicBlock` with both convolutions
-  fused with their ReLU, the second one with the shortcut's add too."""
+  """:class:`~experiments.models.resnet.BasicBlock` with its ReLUs fused:
+  without BN, into both convolutions (the second one with the shortcut's
+  add too); with oneDNN's BN, into the first BN, and the shortcut's add +
+  ReLU in one oneDNN pass (:func:`add_relu`)."""
 
   def __call__(self, x):
     if self.bn1 is not None or self.bn2 is not None:
-      return super().__call__(x)
+      if not _onednn_bn(self.bn1, self.bn2):
+        return super().__call__(x)
+      h = self.bn1.relu_call(self.conv1(x))
+      h = self.bn2(self.conv2(h))
+      residual = shortcut_option_a(x, self.cout, self.stride)
+      if residual.dtype != h.dtype or residual.shape != h.shape:
+        return jax.nn.relu(h + residual)
+      return add_relu(h, residual)
     ops1 = _operands(self.conv1, x)
     if ops1 is None:
       return super().__call__(x)
@@ -206,18 +256,20 @@ def with_fused_relu(model: Any) -> Any:
   return with_layers_changed(model, lambda n: type(n) in _FUSED, fuse)
 
 
-def has_fusable_layers(model: Any) -> bool:
-  """Whether :func:`with_fused_relu` changes any layer of `model` (a ResNet
-  stem or block without BatchNorm)."""
+def has_fusable_layers(model: Any, onednn_batch_norm: bool = False) -> bool:
+  """Whether :func:`with_fused_relu` changes any layer of `model`: a ResNet
+  stem or block without BatchNorm, or, with `onednn_batch_norm` (its
+  BatchNorm layers will run on oneDNN), one with BatchNorm."""
   from flax import nnx
 
   for _, node in nnx.iter_graph(model):
-    if type(node) is Stem and node.bn is None:
+    if type(node) is Stem and (node.bn is None or onednn_batch_norm):
       return True
-    if type(node) is BasicBlock and node.bn1 is None and node.bn2 is None:
+    if type(node) is BasicBlock and (
+        (node.bn1 is None and node.bn2 is None) or onednn_batch_norm):
       return True
   return False
 
 
-__all__ = ["FusedBasicBlock", "FusedStem", "conv_add_relu", "conv_relu",
+__all__ = ["FusedBasicBlock", "FusedStem", "add_relu", "conv_add_relu", "conv_relu",
            "has_fusable_layers", "with_fused_relu"]

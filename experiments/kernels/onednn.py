@@ -83,11 +83,12 @@ _TARGETS = {(k, dt): f"experiments_onednn_conv_{k}{suffix}"
 # The batch normalization handlers of the same library (float32), used by
 # experiments/kernels/batch_norm.py.
 BATCH_NORM_TARGETS = {"fwd": "experiments_onednn_batch_norm_fwd",
+                      "relu_fwd": "experiments_onednn_batch_norm_relu_fwd",
                       "bwd": "experiments_onednn_batch_norm_bwd"}
 # Fused forward convolutions (relu(conv), relu(conv + r)) and the relu
 # gradient, per element type: used by experiments/kernels/fused_relu.py.
 FUSED_TARGETS = {(k, dt): f"experiments_onednn_{k}{suffix}"
-                 for k in ("conv_fwd_relu", "conv_fwd_add_relu", "relu_bwd")
+                 for k in ("conv_fwd_relu", "conv_fwd_add_relu", "relu_bwd", "add_relu")
                  for dt, suffix in _DTYPE_SUFFIX.items()}
 _INSTALL_HINT = (
     "install oneDNN with `pip install onednn-cpu-gomp==2023.2.0 "
@@ -280,6 +281,16 @@ def _call(kind, out_shape, a, b, geometry):
   )(a, b, geometry=geometry)
 
 
+def relu_grad(g: jax.Array, y: jax.Array) -> jax.Array:
+  """``g * (y > 0)``, the gradient through ``y = relu(z)`` computed from its
+  output ``y``, in one multi-threaded oneDNN pass (in ``y``'s dtype). Used by
+  the fused ReLUs of :mod:`experiments.kernels.fused_relu` and
+  :mod:`experiments.kernels.batch_norm`."""
+  return jax.ffi.ffi_call(
+      FUSED_TARGETS["relu_bwd", y.dtype], jax.ShapeDtypeStruct(y.shape, y.dtype),
+      vmap_method="sequential")(g.astype(y.dtype), y)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv(x, w, strides, pads):
   return _forward(x, w, strides, pads)
@@ -376,4 +387,4 @@ def with_onednn_convs(model):
 
 
 __all__ = ["OneDNNUnavailable", "available", "build", "conv_general_dilated",
-           "require", "supports", "unavailable_reason", "with_onednn_convs"]
+           "relu_grad", "require", "supports", "unavailable_reason", "with_onednn_convs"]

@@ -309,11 +309,54 @@ ffi::Error ReluBwd(ffi::Buffer<T> dy, ffi::Buffer<T> y, ffi::ResultBuffer<T> dz)
   });
 }
 
+// z = relu(a + b) in one pass: oneDNN's binary add with a ReLU post-op (the
+// end of a ResNet block with BatchNorm: relu(bn(conv(h)) + shortcut)).
+// Keyed by element count and type: the tensors are treated as flat.
+std::map<std::pair<int64_t, int64_t>, std::shared_ptr<ReluEntry>>& AddReluCache() {
+  static std::map<std::pair<int64_t, int64_t>, std::shared_ptr<ReluEntry>> c;
+  return c;
+}
+
+template <ffi::DataType T>
+ffi::Error AddRelu(ffi::Buffer<T> a, ffi::Buffer<T> b, ffi::ResultBuffer<T> z) {
+  const int64_t n = static_cast<int64_t>(a.element_count());
+  if (static_cast<int64_t>(b.element_count()) != n || static_cast<int64_t>(z->element_count()) != n)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "add relu: operands differ in size");
+  return Guarded("oneDNN add relu", [&] {
+    auto& eng = Engine();
+    auto key = std::make_pair(n, static_cast<int64_t>(DnnlType<T>()));
+    auto& cache = AddReluCache();
+    auto it = cache.find(key);
+    if (it == cache.end()) {
+      auto e = std::make_shared<ReluEntry>();
+      e->md = memory::desc({n}, DnnlType<T>(), tag::a);
+      dnnl::post_ops ops;
+      ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+      dnnl::primitive_attr attr;
+      attr.set_post_ops(ops);
+      auto pd = dnnl::binary::primitive_desc(eng, dnnl::algorithm::binary_add, e->md, e->md,
+                                             e->md, attr);
+      e->prim = dnnl::binary(pd);
+      it = cache.emplace(key, e).first;
+    }
+    ReluEntry& e = *it->second;
+    dnnl::stream strm(eng);
+    memory ma(e.md, eng, a.untyped_data()), mb(e.md, eng, b.untyped_data()),
+        mz(e.md, eng, z->untyped_data());
+    e.prim.execute(strm, {{DNNL_ARG_SRC_0, ma}, {DNNL_ARG_SRC_1, mb}, {DNNL_ARG_DST, mz}});
+    strm.wait();
+  });
+}
+
 // ------------------------------------------------------- batch normalization
 
 // n, h, w, c, kind, bit pattern of epsilon (a float)
 using BnKey = std::array<int64_t, 6>;
-enum BnKind : int64_t { kBnFwd = 0, kBnBwd = 1 };
+// kBnReluFwd: forward with the ReLU fused (y = relu(bn(x))); its gradient is
+// the ReLU gradient (from y) followed by kBnBwd.
+// (oneDNN 3.2 has no CPU implementation of fuse_norm_add_relu, the add of a
+// residual before the ReLU: measured, primitive creation fails.)
+enum BnKind : int64_t { kBnFwd = 0, kBnBwd = 1, kBnReluFwd = 2 };
 
 struct BnEntry {
   dnnl::primitive prim;
@@ -321,7 +364,10 @@ struct BnEntry {
   memory::desc mean, var;    // per-channel statistics
   memory::desc chan;         // scale, shift and their gradients
   memory::desc scratch;
+  memory::desc workspace;    // kBnReluFwd: oneDNN's ReLU mask, not used by us
 };
+
+Scratch& BnWorkspace() { static Scratch s; return s; }
 
 std::map<BnKey, std::shared_ptr<BnEntry>>& BnCache() {
   static std::map<BnKey, std::shared_ptr<BnEntry>> c;
@@ -345,6 +391,14 @@ std::shared_ptr<BnEntry> BuildBn(const BnKey& k, float epsilon) {
     e->prim = dnnl::batch_normalization_forward(fwd);
     e->mean = fwd.mean_desc(); e->var = fwd.variance_desc();
     e->scratch = fwd.scratchpad_desc();
+  } else if (k[4] == kBnReluFwd) {
+    auto pd = dnnl::batch_normalization_forward::primitive_desc(
+        eng, dnnl::prop_kind::forward_training, act, act, epsilon,
+        flags | dnnl::normalization_flags::fuse_norm_relu, attr);
+    e->prim = dnnl::batch_normalization_forward(pd);
+    e->mean = pd.mean_desc(); e->var = pd.variance_desc();
+    e->scratch = pd.scratchpad_desc();
+    e->workspace = pd.workspace_desc();
   } else {
     // prop_kind::backward: the gradients of the scale and shift too.
     auto pd = dnnl::batch_normalization_backward::primitive_desc(
@@ -396,6 +450,9 @@ ffi::Error RunBn(BnKind kind, ffi::Span<const int64_t> nhwc, float epsilon,
     for (const auto& [id, ptr] : args) margs.emplace(id, memory(BnDesc(e, id), eng, ptr));
     margs.emplace(DNNL_ARG_SCRATCHPAD,
                   memory(e.scratch, eng, ScratchSpace().Get(e.scratch.get_size())));
+    if (e.workspace.get_size())
+      margs.emplace(DNNL_ARG_WORKSPACE,
+                    memory(e.workspace, eng, BnWorkspace().Get(e.workspace.get_size())));
     e.prim.execute(strm, margs);
     strm.wait();
   });
@@ -405,6 +462,18 @@ ffi::Error BnFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale, ffi::Buff
                  ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> mean,
                  ffi::ResultBuffer<ffi::F32> var, float epsilon) {
   return RunBn(kBnFwd, x.dimensions(), epsilon,
+               {scale.element_count(), shift.element_count(), mean->element_count(),
+                var->element_count()},
+               {{DNNL_ARG_SRC, x.untyped_data()}, {DNNL_ARG_DST, y->untyped_data()},
+                {DNNL_ARG_SCALE, scale.untyped_data()}, {DNNL_ARG_SHIFT, shift.untyped_data()},
+                {DNNL_ARG_MEAN, mean->untyped_data()}, {DNNL_ARG_VARIANCE, var->untyped_data()}});
+}
+
+ffi::Error BnReluFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
+                     ffi::Buffer<ffi::F32> shift, ffi::ResultBuffer<ffi::F32> y,
+                     ffi::ResultBuffer<ffi::F32> mean, ffi::ResultBuffer<ffi::F32> var,
+                     float epsilon) {
+  return RunBn(kBnReluFwd, x.dimensions(), epsilon,
                {scale.element_count(), shift.element_count(), mean->element_count(),
                 var->element_count()},
                {{DNNL_ARG_SRC, x.untyped_data()}, {DNNL_ARG_DST, y->untyped_data()},
@@ -443,11 +512,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(experiments_onednn_conv_bwd_weights_bf16, BwdWeigh
           .Ret<ffi::Buffer<T>>().Attr<ffi::Span<const int64_t>>("geometry"));                    \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                                 \
       experiments_onednn_relu_bwd##SUFFIX, ReluBwd<T>,                                           \
+      ffi::Ffi::Bind().Arg<ffi::Buffer<T>>().Arg<ffi::Buffer<T>>().Ret<ffi::Buffer<T>>());        \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                                 \
+      experiments_onednn_add_relu##SUFFIX, AddRelu<T>,                                           \
       ffi::Ffi::Bind().Arg<ffi::Buffer<T>>().Arg<ffi::Buffer<T>>().Ret<ffi::Buffer<T>>())
 EXPERIMENTS_FUSED_HANDLERS(ffi::F32, );
 EXPERIMENTS_FUSED_HANDLERS(ffi::BF16, _bf16);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     experiments_onednn_batch_norm_fwd, BnFwd,
+    ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+        .Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+        .Ret<ffi::Buffer<ffi::F32>>().Attr<float>("epsilon"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    experiments_onednn_batch_norm_relu_fwd, BnReluFwd,
     ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
         .Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
         .Ret<ffi::Buffer<ffi::F32>>().Attr<float>("epsilon"));

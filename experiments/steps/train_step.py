@@ -426,14 +426,19 @@ def _resolve_batch_norm_why(batch_norm: str, conv: str, precision: str, mesh,
   if batch_norm == "flax":
     return "flax", "requested"
   if batch_norm == "auto":
-    # Measured with oneDNN convolutions (benchmarks/results/train_step.json,
-    # 2026-12-04, batch 128): the step with oneDNN's BatchNorm was slower than
-    # with Flax's at ResNet-20/56 (0.209 vs 0.168 s, 0.567 vs 0.511 s) and
-    # faster at ResNet-110 (0.997 vs 1.092 s): no consistent gain, so "auto"
-    # keeps Flax's; "onednn" stays available to measure again.
+    # oneDNN's BatchNorm alone was no faster than Flax's in the step (XLA fuses
+    # Flax's normalisation with the ReLU and the residual add); with the ReLU
+    # fused into it and the residual add + ReLU in one oneDNN pass
+    # (relu="auto", experiments/kernels/fused_relu.py) it is: see the module
+    # docstring. So "auto" is oneDNN's wherever that fusion runs: oneDNN
+    # convolutions, float32.
     if not _has_batch_norm(model):
       return "flax", "auto: the model has no nnx.BatchNorm"
-    return "flax", "auto: Flax's BatchNorm (oneDNN's gave no consistent gain in the step)"
+    if conv != "onednn":
+      return "flax", "auto: the convolutions are XLA's"
+    if precision != "float32":
+      return "flax", f"auto: oneDNN's BatchNorm is float32 only (precision={precision!r})"
+    return "onednn", "auto: oneDNN convolutions, float32 (fused with the ReLUs)"
   if precision != "float32":
     raise ValueError(
         "make_train_step: `batch_norm='onednn'` has float32 kernels only; "
@@ -450,20 +455,24 @@ def _resolve_batch_norm_why(batch_norm: str, conv: str, precision: str, mesh,
   return "onednn", "requested"
 
 
-def _resolve_relu_why(relu: str, conv: str, model: nnx.Module) -> tuple[str, str]:
-  """(who computes the ReLUs and residual adds of ResNet layers without
-  BatchNorm, why): ``"onednn"`` (fused into the convolutions,
-  :mod:`experiments.kernels.fused_relu`) or ``"xla"``."""
+def _resolve_relu_why(relu: str, conv: str, batch_norm: str,
+                      model: nnx.Module) -> tuple[str, str]:
+  """(who computes the ReLUs and residual adds of the ResNet stem and
+  blocks, why): ``"onednn"`` (fused into the convolutions without BatchNorm,
+  into oneDNN's BatchNorm with it; :mod:`experiments.kernels.fused_relu`)
+  or ``"xla"``."""
   _check_choice("relu", relu, RELUS, "make_train_step")
   if relu == "xla":
     return "xla", "requested"
-  fusable = has_fusable_layers(model)
+  fusable = has_fusable_layers(model, onednn_batch_norm=batch_norm == "onednn")
   if relu == "auto":
     if conv != "onednn":
       return "xla", "auto: the convolutions are XLA's"
     if not fusable:
-      return "xla", "auto: no ResNet stem or block without BatchNorm"
-    return "onednn", "auto: oneDNN convolutions, ResNet layers without BatchNorm"
+      return "xla", ("auto: no ResNet stem or block without BatchNorm or with "
+                     "oneDNN's BatchNorm")
+    return "onednn", "auto: oneDNN convolutions" + (
+        " and BatchNorm" if batch_norm == "onednn" and _has_batch_norm(model) else "")
   if conv != "onednn":
     raise ValueError(
         "make_train_step: `relu='onednn'` fuses the ReLU into oneDNN's "
@@ -471,10 +480,10 @@ def _resolve_relu_why(relu: str, conv: str, model: nnx.Module) -> tuple[str, str
         "conv='onednn' (or 'auto' on one CPU device), or relu='auto'/'xla'.")
   if not fusable:
     raise ValueError(
-        "make_train_step: `relu='onednn'` fuses conv + ReLU in the ResNet stem "
-        f"and basic blocks without BatchNorm; {type(model).__name__} has none "
-        "(with BatchNorm the ReLU follows the normalisation). Pass relu='auto' "
-        "or 'xla'.")
+        "make_train_step: `relu='onednn'` fuses the ReLUs of the ResNet stem "
+        "and basic blocks into oneDNN's convolutions (without BatchNorm) or "
+        f"BatchNorm (batch_norm='onednn'); {type(model).__name__} has neither "
+        "kind. Pass relu='auto' or 'xla' (or batch_norm='onednn').")
   return "onednn", "requested"
 
 
@@ -600,7 +609,7 @@ def make_train_step(
       conv, mesh, conv_grad_chunk not in ("auto", None, 0))
   batch_norm, batch_norm_reason = _resolve_batch_norm_why(
       batch_norm, conv, precision, mesh, model)
-  relu, relu_reason = _resolve_relu_why(relu, conv, model)
+  relu, relu_reason = _resolve_relu_why(relu, conv, batch_norm, model)
   impl = _check_impl(impl, conv, model)
   chunk = _resolve_chunk(conv_grad_chunk, impl, conv, mesh, precision)
   loss_multiplier = float(loss_multiplier)
