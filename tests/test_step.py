@@ -443,7 +443,8 @@ def test_auto_impl_is_cpu_only_choice(bn):
   f = make_train_step(model, optax.sgd(0.1), impl="auto")
   conv = "onednn" if cpu and onednn_conv.available() else "xla"
   assert f.conv == conv
-  assert f.impl == step_lib.AUTO_IMPL.get((backend, conv, bn), "plain")
+  assert f.impl == step_lib.AUTO_IMPL.get(
+      (backend, conv, f.batch_norm if bn else "none"), "plain")
   assert f.conv_grad_chunk == (
       step_lib.AUTO_CONV_GRAD_CHUNK if cpu and conv == "xla" else 0)
   # With XLA's convolutions, auto chunks their weight gradients on CPU.

@@ -146,15 +146,23 @@ from experiments.kernels.batch_norm import with_onednn_batch_norm
 from experiments.kernels.fastconv import with_chunked_wgrad
 from experiments.kernels.fused_relu import has_fusable_layers, with_fused_relu
 
-# Best measured strategy per backend and convolution kind, keyed by
-# (backend, conv, use_bn) (docs/results/step_vs_depth.json). Disabling fusion is
-# only ever considered on CPU. With oneDNN convolutions and BatchNorm, fusion
-# pays off (fused normalisation) but the fused whole-step jit still grows
-# faster than depth; per-block jits keep fusion and stay linear (ResNet-110
-# BN: blockwise 2.1-2.9 s, plain 2.4-3.1 s, nofusion 3.4-3.9 s).
-AUTO_IMPL = {("cpu", "xla", False): "nofusion", ("cpu", "xla", True): "nofusion",
-             ("cpu", "onednn", False): "nofusion",
-             ("cpu", "onednn", True): "blockwise"}
+# Best measured strategy per backend, convolution kind and BatchNorm kind
+# ("none" without BN), keyed by (backend, conv, batch norm)
+# (docs/results/step_vs_depth.json, docs/guides/cpu_training.md). Disabling
+# fusion is only ever considered on CPU. With oneDNN convolutions and Flax's
+# BatchNorm, XLA's fusion pays off (fused normalisation) but the fused
+# whole-step jit grows faster than depth; per-segment jits keep fusion and stay
+# linear (ResNet-110 BN: blockwise 2.1-2.9 s, plain 2.4-3.1 s, nofusion
+# 3.4-3.9 s). With oneDNN's BatchNorm the normalisation and ReLUs are oneDNN
+# calls, nothing is left for XLA to fuse, and one jit without fusion is the
+# fastest (ResNet-20/56/110 BN, batch 128: nofusion 0.114 / 0.341 / 0.655 s,
+# blockwise 0.143 / 0.371 / 0.760 s, plain 0.111 / 0.319 / 0.661 s but 54 s
+# to compile at ResNet-110).
+AUTO_IMPL = {("cpu", "xla", "none"): "nofusion", ("cpu", "xla", "flax"): "nofusion",
+             ("cpu", "xla", "onednn"): "nofusion",
+             ("cpu", "onednn", "none"): "nofusion",
+             ("cpu", "onednn", "flax"): "blockwise",
+             ("cpu", "onednn", "onednn"): "nofusion"}
 # Images per chunk of the convolution weight gradients under "auto" on CPU
 # (experiments/kernels/fastconv.py; 8 measured fastest of 4, 8, 16, 32 for ResNet-20).
 AUTO_CONV_GRAD_CHUNK = 8
@@ -344,10 +352,11 @@ def _has_batch_norm(model: nnx.Module) -> bool:
   return any(isinstance(n, nnx.BatchNorm) for _, n in nnx.iter_graph(model))
 
 
-def _check_impl(impl: str, conv: str, model: nnx.Module) -> str:
+def _check_impl(impl: str, conv: str, batch_norm: str, model: nnx.Module) -> str:
   _check_choice("impl", impl, IMPLS, "make_train_step")
   if impl == "auto":
-    key = (jax.default_backend(), conv, _has_batch_norm(model))
+    key = (jax.default_backend(), conv,
+           batch_norm if _has_batch_norm(model) else "none")
     impl = AUTO_IMPL.get(key, _DEFAULT_IMPL)
     if impl == "blockwise" and not all(
         hasattr(model, a) for a in ("stem", "blocks", "head")):
@@ -610,7 +619,7 @@ def make_train_step(
   batch_norm, batch_norm_reason = _resolve_batch_norm_why(
       batch_norm, conv, precision, mesh, model)
   relu, relu_reason = _resolve_relu_why(relu, conv, batch_norm, model)
-  impl = _check_impl(impl, conv, model)
+  impl = _check_impl(impl, conv, batch_norm, model)
   chunk = _resolve_chunk(conv_grad_chunk, impl, conv, mesh, precision)
   loss_multiplier = float(loss_multiplier)
   train_model = _with_precision(_with_mode(model, train=True), precision)
