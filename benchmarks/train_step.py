@@ -33,9 +33,10 @@ one run; each row records ``batch_norm`` and ``batch_norm_resolved``.
 ``--relus`` likewise chooses who computes the ReLUs and residual adds of the
 models without BatchNorm (``make_train_step(relu=)``: auto, onednn (fused
 into the convolutions), xla), e.g. ``--bn off --relus onednn,xla``; rows
-record ``relu`` and ``relu_resolved``. Both steps run in one process with
-glibc keeping freed memory (``experiments/kernels/host_memory.py``; rows
-record ``host_memory``).
+record ``relu`` and ``relu_resolved``. Each configuration runs in a fresh
+process (nothing of the previous ones on its heap), and both steps of it in
+that one process, with glibc keeping freed memory
+(``experiments/kernels/host_memory.py``; rows record ``host_memory``).
 
 ``--json FILE`` writes (atomically after every configuration; ``--resume``
 skips configurations already in FILE)::
@@ -323,7 +324,33 @@ def parse_args(argv=None):
   return args
 
 
+def _bench_in_fresh_process(config: dict) -> dict:
+  """:func:`bench_config` in a new Python process (this module with
+  ``--one-config``), which starts by keeping freed memory
+  (``experiments/kernels/host_memory.py``) and holds nothing of the
+  configurations before it: in one long process the heap those left behind
+  made the later steps slower and noisier (ResNet-110 BN after ten other
+  configurations: 0.96 s, interquartile range 0.89-1.03 s; alone: 0.63 s)."""
+  import json
+  import subprocess
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.train_step", "--one-config",
+       json.dumps(config)], cwd=root, stdout=subprocess.PIPE, text=True)
+  if proc.returncode:
+    raise RuntimeError(f"benchmarks.train_step: the configuration {config} "
+                       f"failed (exit {proc.returncode}; its error is above).")
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None) -> dict:
+  if argv is None:
+    argv = sys.argv[1:]
+  if argv[:1] == ["--one-config"]:  # a child of _bench_in_fresh_process
+    import json
+    row = bench_config(**json.loads(argv[1]))
+    print(json.dumps(row), flush=True)
+    return row
   args = parse_args(argv)
   prev = common.load_json(args.json) if args.resume else None
   command = "python -m benchmarks.train_step " + " ".join(argv or sys.argv[1:])
@@ -350,9 +377,10 @@ def main(argv=None) -> dict:
                f"conv={conv} batch_norm={bnorm} relu={relu} precision={args.precision} "
                f"batch={args.batch}: "
                f"{reps} interleaved rounds ...")
-    row = bench_config(d, bn, args.batch, impl, args.optimizer, reps,
-                       args.threads, args.also_threads, conv, args.precision,
-                       bnorm, relu)
+    row = _bench_in_fresh_process(dict(
+        depth=d, bn=bn, batch=args.batch, impl=impl, optimizer=args.optimizer,
+        reps=reps, threads=args.threads, extra_threads=args.also_threads,
+        conv=conv, precision=args.precision, batch_norm=bnorm, relu=relu))
     common.log(f"    jax {row['jax_step_s']:.3f} s, best torch "
                f"{row['torch_best_step_s']:.3f} s ({row['torch_best_config']}), "
                f"ratio {row['jax_over_torch_best']:.2f}")

@@ -305,6 +305,9 @@ def test_train_step_quick_json(torch, tmp_path):
   assert every[r["torch_best_config"]] == r["torch_best_step_s"]
   assert r["jax_over_torch_best"] == pytest.approx(r["jax_step_s"] / r["torch_best_step_s"])
   assert r["conv"] == "auto" and r["conv_resolved"] in ("onednn", "xla")
+  # Timed in a fresh process that keeps freed memory (on Linux).
+  if sys.platform.startswith("linux"):
+    assert r["host_memory"] == "kept"
   for argv in (["--depths", "21"], ["--bn", "maybe"], ["--impls", "fast"],
                ["--also-threads", "x"], ["--threads", "0"], ["--convs", "cudnn"]):
     with pytest.raises(SystemExit):

@@ -17,11 +17,11 @@ PyTorch's step, in the same process, went from 8.1k faults to 0 and from
 * ``M_ARENA_MAX = 1``: threads allocate from the main heap, which can grow
   to any size (worker-thread arenas cannot hold the buffer);
 * ``M_MMAP_MAX = 0``: large blocks come from that heap, not from ``mmap``;
-* ``M_TRIM_THRESHOLD`` at its maximum: freed memory at the top of the heap is
-  kept for the next step instead of being returned to the kernel.
+* ``M_TRIM_THRESHOLD = -1``: freed memory at the top of the heap is kept
+  for the next step instead of being returned to the kernel (no trimming).
 
 The same as starting the process with
-``GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647``.
+``GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=18446744073709551615``.
 The cost: the process keeps its peak heap until it exits (a training run
 needs that peak every step anyway), and all threads share one malloc lock
 (no slowdown measured). No library exposes this (JAX and XLA have no option
@@ -49,10 +49,9 @@ import sys
 
 # glibc's mallopt parameter numbers (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
-_TRIM_MAX = 2**31 - 1  # mallopt takes an int
 ENV_VAR = "EXPERIMENTS_HOST_MEMORY"
 TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
-            f"glibc.malloc.trim_threshold={_TRIM_MAX}")
+            f"glibc.malloc.trim_threshold={2**64 - 1}")
 
 _status = "default"
 
@@ -94,7 +93,7 @@ def keep_freed_memory() -> str:
     return _status
   mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
   ok = all(mallopt(param, value) == 1 for param, value in (
-      (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _TRIM_MAX)))
+      (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
   if not ok:
     _status = "default (mallopt refused a parameter)"
   elif _backend_started():
