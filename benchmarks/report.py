@@ -68,7 +68,7 @@ def train_table(d: dict) -> str:
     impl += f" / {r.get('conv_resolved', 'xla')}"
     if r["bn"]:  # who computed the train-mode BatchNorm (rows before it was a choice: Flax)
       impl += f" / BN {r.get('batch_norm_resolved', 'flax')}"
-    elif r.get("relu_resolved", "xla") == "onednn":  # rows before it was a choice: XLA's
+    if r.get("relu_resolved", "xla") == "onednn":  # rows before it was a choice: XLA's
       impl += " / fused ReLU"
     if r.get("precision", "float32") != "float32":
       impl += f" / {r['precision']}"

@@ -220,7 +220,7 @@ def print_table(out: dict) -> None:
     impl = f"{r['impl']}={r['impl_resolved']}/{r.get('conv_resolved', 'xla')}"
     if r["bn"]:
       impl += f"/{r.get('batch_norm_resolved', 'flax')}"
-    elif r.get("relu_resolved", "xla") == "onednn":
+    if r.get("relu_resolved", "xla") == "onednn":
       impl += "/fused relu"
     if r.get("precision", "float32") != "float32":
       impl += "/bf16"

@@ -168,10 +168,15 @@ def test_paper_scale_estimate_uses_measured_steps_and_a_depth_line():
       {"model": "resnet110", "bn": False, "impl": "auto", "jax_step_s": 2.75},
       {"model": "resnet110", "bn": True, "impl": "auto", "jax_step_s": 3.0},
       {"model": "resnet20", "bn": False, "impl": "plain", "jax_step_s": 9.0},  # ignored
+      # Not the step the experiments run (non-default kernels): ignored too.
+      {"model": "resnet20", "bn": False, "impl": "auto", "relu": "xla", "jax_step_s": 9.0},
+      {"model": "resnet110", "bn": True, "impl": "auto", "batch_norm": "flax",
+       "jax_step_s": 9.0},
   ]}
   rows = {(r["model"], r["bn"]): r for r in reproduce_report.paper_scale_estimate(bench)}
   assert rows[("resnet20", False)]["step_seconds"] == 0.5
   assert rows[("resnet20", False)]["source"] == "measured"
+  assert rows[("resnet110", True)]["step_seconds"] == 3.0
   # These points lie on t = 0.05 * blocks + 0.05 exactly (blocks = (n - 2) / 2).
   assert rows[("resnet44", False)]["step_seconds"] == pytest.approx(0.05 * 21 + 0.05)
   assert rows[("resnet218", False)]["step_seconds"] == pytest.approx(0.05 * 108 + 0.05)

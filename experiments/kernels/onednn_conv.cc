@@ -265,87 +265,78 @@ auto Binding() {
       .template Ret<ffi::Buffer<T>>().template Attr<ffi::Span<const int64_t>>("geometry");
 }
 
-// ------------------------------------------------------------ relu backward
+// ------------------------------------------------- elementwise (ReLU) kernels
 
-// dz = dy where y > 0, else 0: the gradient through y = relu(z), computed
-// from the output y (oneDNN's eltwise_relu_use_dst_for_bwd), in one pass.
-// Keyed by element count and type: the tensor is treated as flat.
-struct ReluEntry {
+// Elementwise primitives on tensors treated as flat (one dimension), cached
+// per kind, element count and type.
+enum FlatKind : int64_t { kFlatReluBwd = 0, kFlatAddRelu = 1 };
+
+struct FlatEntry {
   dnnl::primitive prim;
   memory::desc md;
 };
 
-std::map<std::pair<int64_t, int64_t>, std::shared_ptr<ReluEntry>>& ReluCache() {
-  static std::map<std::pair<int64_t, int64_t>, std::shared_ptr<ReluEntry>> c;
-  return c;
+std::shared_ptr<FlatEntry> BuildFlat(FlatKind kind, int64_t n, dt type) {
+  auto& eng = Engine();
+  auto e = std::make_shared<FlatEntry>();
+  e->md = memory::desc({n}, type, tag::a);
+  if (kind == kFlatReluBwd) {
+    // dz = dy where y > 0, else 0: the gradient through y = relu(z), from y.
+    auto alg = dnnl::algorithm::eltwise_relu_use_dst_for_bwd;
+    auto fwd = dnnl::eltwise_forward::primitive_desc(
+        eng, dnnl::prop_kind::forward_training, alg, e->md, e->md, 0.f, 0.f);
+    e->prim = dnnl::eltwise_backward(
+        dnnl::eltwise_backward::primitive_desc(eng, alg, e->md, e->md, e->md, 0.f, 0.f, fwd));
+  } else {
+    // z = relu(a + b): a binary add with a ReLU post-op (the end of a ResNet
+    // block with BatchNorm: relu(bn(conv(h)) + shortcut)).
+    dnnl::post_ops ops;
+    ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+    dnnl::primitive_attr attr;
+    attr.set_post_ops(ops);
+    e->prim = dnnl::binary(dnnl::binary::primitive_desc(
+        eng, dnnl::algorithm::binary_add, e->md, e->md, e->md, attr));
+  }
+  return e;
+}
+
+// Runs the `kind` primitive on three same-sized buffers (two operands, one
+// result), mapped to oneDNN's argument ids `ids`.
+ffi::Error RunFlat(FlatKind kind, const char* what, dt type, size_t n0, size_t n1, size_t n2,
+                   std::array<int, 3> ids, std::array<void*, 3> ptrs) {
+  if (n1 != n0 || n2 != n0)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      std::string(what) + ": operands differ in size");
+  return Guarded(what, [&] {
+    static std::map<std::array<int64_t, 3>, std::shared_ptr<FlatEntry>> cache;
+    const int64_t n = static_cast<int64_t>(n0);
+    std::array<int64_t, 3> key{kind, n, static_cast<int64_t>(type)};
+    auto it = cache.find(key);
+    if (it == cache.end()) it = cache.emplace(key, BuildFlat(kind, n, type)).first;
+    FlatEntry& e = *it->second;
+    auto& eng = Engine();
+    dnnl::stream strm(eng);
+    std::unordered_map<int, memory> args;
+    for (int i = 0; i < 3; ++i) args.emplace(ids[i], memory(e.md, eng, ptrs[i]));
+    e.prim.execute(strm, args);
+    strm.wait();
+  });
 }
 
 template <ffi::DataType T>
 ffi::Error ReluBwd(ffi::Buffer<T> dy, ffi::Buffer<T> y, ffi::ResultBuffer<T> dz) {
-  const int64_t n = static_cast<int64_t>(dy.element_count());
-  if (static_cast<int64_t>(y.element_count()) != n || static_cast<int64_t>(dz->element_count()) != n)
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "relu backward: operands differ in size");
-  return Guarded("oneDNN relu backward", [&] {
-    auto& eng = Engine();
-    auto key = std::make_pair(n, static_cast<int64_t>(DnnlType<T>()));
-    auto& cache = ReluCache();
-    auto it = cache.find(key);
-    if (it == cache.end()) {
-      auto e = std::make_shared<ReluEntry>();
-      e->md = memory::desc({n}, DnnlType<T>(), tag::a);
-      auto alg = dnnl::algorithm::eltwise_relu_use_dst_for_bwd;
-      auto fwd = dnnl::eltwise_forward::primitive_desc(
-          eng, dnnl::prop_kind::forward_training, alg, e->md, e->md, 0.f, 0.f);
-      auto pd = dnnl::eltwise_backward::primitive_desc(eng, alg, e->md, e->md, e->md, 0.f, 0.f, fwd);
-      e->prim = dnnl::eltwise_backward(pd);
-      it = cache.emplace(key, e).first;
-    }
-    ReluEntry& e = *it->second;
-    dnnl::stream strm(eng);
-    memory mdy(e.md, eng, dy.untyped_data()), my(e.md, eng, y.untyped_data()),
-        mdz(e.md, eng, dz->untyped_data());
-    e.prim.execute(strm, {{DNNL_ARG_DIFF_DST, mdy}, {DNNL_ARG_DST, my}, {DNNL_ARG_DIFF_SRC, mdz}});
-    strm.wait();
-  });
-}
-
-// z = relu(a + b) in one pass: oneDNN's binary add with a ReLU post-op (the
-// end of a ResNet block with BatchNorm: relu(bn(conv(h)) + shortcut)).
-// Keyed by element count and type: the tensors are treated as flat.
-std::map<std::pair<int64_t, int64_t>, std::shared_ptr<ReluEntry>>& AddReluCache() {
-  static std::map<std::pair<int64_t, int64_t>, std::shared_ptr<ReluEntry>> c;
-  return c;
+  return RunFlat(kFlatReluBwd, "oneDNN relu backward", DnnlType<T>(), dy.element_count(),
+                 y.element_count(), dz->element_count(),
+                 {DNNL_ARG_DIFF_DST, DNNL_ARG_DST, DNNL_ARG_DIFF_SRC},
+                 {dy.untyped_data(), y.untyped_data(), dz->untyped_data()});
 }
 
 template <ffi::DataType T>
 ffi::Error AddRelu(ffi::Buffer<T> a, ffi::Buffer<T> b, ffi::ResultBuffer<T> z) {
-  const int64_t n = static_cast<int64_t>(a.element_count());
-  if (static_cast<int64_t>(b.element_count()) != n || static_cast<int64_t>(z->element_count()) != n)
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "add relu: operands differ in size");
-  return Guarded("oneDNN add relu", [&] {
-    auto& eng = Engine();
-    auto key = std::make_pair(n, static_cast<int64_t>(DnnlType<T>()));
-    auto& cache = AddReluCache();
-    auto it = cache.find(key);
-    if (it == cache.end()) {
-      auto e = std::make_shared<ReluEntry>();
-      e->md = memory::desc({n}, DnnlType<T>(), tag::a);
-      dnnl::post_ops ops;
-      ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
-      dnnl::primitive_attr attr;
-      attr.set_post_ops(ops);
-      auto pd = dnnl::binary::primitive_desc(eng, dnnl::algorithm::binary_add, e->md, e->md,
-                                             e->md, attr);
-      e->prim = dnnl::binary(pd);
-      it = cache.emplace(key, e).first;
-    }
-    ReluEntry& e = *it->second;
-    dnnl::stream strm(eng);
-    memory ma(e.md, eng, a.untyped_data()), mb(e.md, eng, b.untyped_data()),
-        mz(e.md, eng, z->untyped_data());
-    e.prim.execute(strm, {{DNNL_ARG_SRC_0, ma}, {DNNL_ARG_SRC_1, mb}, {DNNL_ARG_DST, mz}});
-    strm.wait();
-  });
+  return RunFlat(kFlatAddRelu, "oneDNN add relu", DnnlType<T>(), a.element_count(),
+                 b.element_count(), z->element_count(),
+                 {DNNL_ARG_SRC_0, DNNL_ARG_SRC_1, DNNL_ARG_DST},
+                 {a.untyped_data(), b.untyped_data(), z->untyped_data()});
 }
 
 // ------------------------------------------------------- batch normalization

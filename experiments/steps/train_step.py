@@ -59,32 +59,39 @@ statistics and their gradient):
   updated as Flax does. float32, CPU, one device.
 * ``"flax"``: ``nnx.BatchNorm``'s own computation (XLA reductions and
   elementwise passes).
-* ``"auto"``: ``"flax"``. In the step, oneDNN's BatchNorm measured slower
-  than Flax's at ResNet-20/56 and faster at ResNet-110 (oneDNN convolutions,
-  batch 128; ``benchmarks/results/train_step.json``): no consistent gain, so
-  it is opt-in.
+* ``"auto"``: ``"onednn"`` with oneDNN convolutions in float32, else
+  ``"flax"``. oneDNN's BatchNorm alone was no faster than Flax's in the step
+  (XLA fuses Flax's normalisation with the ReLU and the residual add); with
+  the ReLUs fused into it (``relu="auto"``) it is: ResNet-20/56/110 with BN,
+  batch 128, 0.129 / 0.347 / 0.714 s vs 0.162 / 0.433 / 0.773 s with Flax's
+  (``benchmarks/results/train_step.json``).
 
 Both give the same gradients, statistics and loss within float32 rounding.
 The eval step always uses Flax's BatchNorm (running statistics: one
 elementwise pass).
 
-``relu`` chooses who computes the ReLUs and residual adds of ResNet layers
-without BatchNorm (the stem and the basic blocks of the paper's no-BN
-networks):
+``relu`` chooses who computes the ReLUs and residual adds of the ResNet
+stem and basic blocks:
 
-* ``"onednn"``: fused into oneDNN's convolutions (``relu(conv(x))`` and
-  ``relu(conv(h) + shortcut)`` as post-ops, the ReLU gradient in one
-  oneDNN pass; :mod:`experiments.kernels.fused_relu`). Needs
-  ``conv="onednn"``.
+* ``"onednn"``: fused into oneDNN's kernels (:mod:`experiments.kernels.fused_relu`):
+  without BatchNorm into the convolutions (``relu(conv(x))`` and
+  ``relu(conv(h) + shortcut)`` as post-ops), with oneDNN's BatchNorm into
+  the first BatchNorm of a block and one oneDNN pass for
+  ``relu(bn(.) + shortcut)``; each ReLU gradient is one oneDNN pass. Needs
+  ``conv="onednn"``, and ``batch_norm`` resolved to ``"onednn"`` for layers
+  with BatchNorm.
 * ``"xla"``: the model's own ``jax.nn.relu`` and ``+``, separate XLA passes
   (one thread each on XLA:CPU).
-* ``"auto"``: ``"onednn"`` when the convolutions run on oneDNN and the model
-  has such layers, else ``"xla"``. Measured (batch 128, ``impl="nofusion"``,
-  2 cores): ResNet-20/56/110 0.099 / 0.269 / 0.571 s fused vs 0.111 / 0.324
-  / 0.718 s unfused.
+* ``"auto"``: ``"onednn"`` where it applies, else ``"xla"``. Measured (batch
+  128, no BN, ``impl="nofusion"``, 2 cores): ResNet-20/56/110 0.087 / 0.270
+  / 0.546 s fused vs 0.105 / 0.345 / 0.689 s unfused.
 
-Same numbers within float32 rounding (in bfloat16 the fused op rounds once
-instead of twice).
+Same numbers within float32 rounding (in bfloat16 the fused convolution
+rounds once instead of twice).
+
+On CPU the processes of the experiments also keep freed host memory
+(:mod:`experiments.kernels.host_memory`): without it every step faults in its
+scratch buffer again.
 
 Independently, ``precision`` chooses the compute dtype:
 

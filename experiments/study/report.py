@@ -190,12 +190,12 @@ def paper_scale_estimate(bench: dict, scale: str = "paper") -> list[dict]:
   fast-training section of the README)."""
   from experiments.input_pipeline import steps_per_epoch
   from experiments.study.spec import study, SCALES
-  # The step the experiments run: impl, conv and relu "auto", Flax's
-  # BatchNorm (what batch_norm="auto" picks), float32.
+  # The step the experiments run: impl, conv, batch_norm and relu "auto",
+  # float32.
   measured = {(r["model"], r["bn"]): r["jax_step_s"] for r in bench["results"]
               if r.get("impl") == "auto" and r.get("conv", "auto") == "auto"
               and r.get("relu", "auto") == "auto"
-              and r.get("batch_norm_resolved", "flax") == "flax"
+              and r.get("batch_norm", "auto") == "auto"
               and r.get("precision", "float32") == "float32"
               and r["model"].startswith("resnet")}
   steps = SCALES[scale]["epochs"] * steps_per_epoch(50_000, 128)
