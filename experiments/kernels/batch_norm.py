@@ -21,7 +21,10 @@ as separate reductions and elementwise passes over the activation; oneDNN's
 uses on CPU) do each direction in one or two passes. They are bound as the FFI
 handlers ``experiments_onednn_batch_norm_fwd`` / ``_bwd`` of the library of
 :mod:`experiments.kernels.onednn` (``onednn_conv.cc``; built by the same
-``python -m experiments.kernels build``), float32 only.
+``python -m experiments.kernels build``), float32 only;
+``experiments_onednn_batch_norm_relu_fwd`` is the forward pass with the ReLU
+that follows applied in the same pass (oneDNN's ``fuse_norm_relu``), used by
+:func:`batch_norm_relu_train` and :mod:`experiments.kernels.fused_relu`.
 
 :func:`batch_norm_train` is the op, with a ``jax.custom_vjp`` whose backward
 pass is oneDNN's. Its ``mean`` and ``var`` outputs are for the running
@@ -117,8 +120,6 @@ def _batch_norm_relu_bwd(epsilon, res, cotangents):
 _batch_norm_relu.defvjp(_batch_norm_relu_fwd, _batch_norm_relu_bwd)
 
 
-
-
 def supports(x: Any, scale: Any, bias: Any) -> bool:
   """Whether :func:`batch_norm_train` runs these operands on oneDNN: CPU,
   float32 NHWC `x`, float32 `scale` and `bias` of ``x.shape[-1]`` entries."""
@@ -127,6 +128,20 @@ def supports(x: Any, scale: Any, bias: Any) -> bool:
           and all(a is not None and jnp.dtype(a.dtype) == jnp.float32
                   for a in (x, scale, bias))
           and scale.shape == bias.shape == (c,))
+
+
+def _require(owner: str, x, scale, bias) -> None:
+  """Raises, naming the fix, unless the oneDNN kernels can run these operands."""
+  if not supports(x, scale, bias):
+    raise ValueError(
+        f"{owner}: needs CPU, `x` float32 NHWC and `scale`/`bias` "
+        f"float32 of shape (C,); got x {x.dtype}{tuple(x.shape)}, scale "
+        f"{getattr(scale, 'dtype', None)}{tuple(getattr(scale, 'shape', ()))}, "
+        f"bias {getattr(bias, 'dtype', None)}{tuple(getattr(bias, 'shape', ()))} "
+        f"on {jax.default_backend()!r}. Use nnx.BatchNorm for other inputs.")
+  reason = onednn.unavailable_reason()
+  if reason:
+    raise onednn.OneDNNUnavailable(f"{owner}: {reason}")
 
 
 def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array,
@@ -143,16 +158,7 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array,
   :class:`~experiments.kernels.onednn.OneDNNUnavailable` when the kernels are
   not built (:func:`experiments.kernels.onednn.require` builds them).
   """
-  if not supports(x, scale, bias):
-    raise ValueError(
-        "batch_norm_train: needs CPU, `x` float32 NHWC and `scale`/`bias` "
-        f"float32 of shape (C,); got x {x.dtype}{tuple(x.shape)}, scale "
-        f"{getattr(scale, 'dtype', None)}{tuple(getattr(scale, 'shape', ()))}, "
-        f"bias {getattr(bias, 'dtype', None)}{tuple(getattr(bias, 'shape', ()))} "
-        f"on {jax.default_backend()!r}. Use nnx.BatchNorm for other inputs.")
-  reason = onednn.unavailable_reason()
-  if reason:
-    raise onednn.OneDNNUnavailable(f"batch_norm_train: {reason}")
+  _require("batch_norm_train", x, scale, bias)
   y, mean, var = _batch_norm(x, scale, bias, float(epsilon))
   return y, lax.stop_gradient(mean), lax.stop_gradient(var)
 
@@ -164,14 +170,7 @@ def batch_norm_relu_train(x: jax.Array, scale: jax.Array, bias: jax.Array,
   (``fuse_norm_relu``). Its gradient: the ReLU's (from the output), then
   oneDNN's BatchNorm backward. Same requirements as :func:`batch_norm_train`.
   """
-  if not supports(x, scale, bias):
-    raise ValueError(
-        "batch_norm_relu_train: needs CPU, `x` float32 NHWC and `scale`/`bias` "
-        f"float32 of shape (C,); got x {x.dtype}{tuple(x.shape)}. Use "
-        "jax.nn.relu(nnx.BatchNorm(...)(x)) for other inputs.")
-  reason = onednn.unavailable_reason()
-  if reason:
-    raise onednn.OneDNNUnavailable(f"batch_norm_relu_train: {reason}")
+  _require("batch_norm_relu_train", x, scale, bias)
   y, mean, var = _batch_norm_relu(x, scale, bias, float(epsilon))
   return y, lax.stop_gradient(mean), lax.stop_gradient(var)
 
@@ -246,5 +245,5 @@ def with_onednn_batch_norm(model: Any) -> Any:
   return with_layers_changed(model, lambda n: type(n) is nnx.BatchNorm, use_onednn)
 
 
-__all__ = ["OneDNNBatchNorm", "batch_norm_train", "supports",
+__all__ = ["OneDNNBatchNorm", "batch_norm_relu_train", "batch_norm_train", "supports",
            "with_onednn_batch_norm"]

@@ -491,8 +491,8 @@ def _resolve_relu_why(relu: str, conv: str, batch_norm: str,
         " and BatchNorm" if batch_norm == "onednn" and _has_batch_norm(model) else "")
   if conv != "onednn":
     raise ValueError(
-        "make_train_step: `relu='onednn'` fuses the ReLU into oneDNN's "
-        f"convolutions, but the convolutions resolved to {conv!r}. Pass "
+        "make_train_step: `relu='onednn'` fuses the ReLUs into oneDNN's "
+        f"kernels, but the convolutions resolved to {conv!r}. Pass "
         "conv='onednn' (or 'auto' on one CPU device), or relu='auto'/'xla'.")
   if not fusable:
     raise ValueError(
@@ -609,9 +609,10 @@ def make_train_step(
       CPU, one device and ``precision="float32"`` (else ValueError) and its
       kernels (else :class:`~experiments.kernels.onednn.OneDNNUnavailable`).
     relu: ``"auto"``, ``"onednn"`` or ``"xla"``: who computes the ReLUs and
-      residual adds of ResNet layers without BatchNorm (see the module
-      docstring). ``"onednn"`` needs the convolutions on oneDNN and such
-      layers (else ValueError).
+      residual adds of the ResNet stem and blocks (see the module
+      docstring). ``"onednn"`` needs the convolutions on oneDNN, and
+      ``batch_norm`` resolved to ``"onednn"`` for layers with BatchNorm
+      (else ValueError).
 
   The returned function has attributes ``impl``, ``conv``,
   ``conv_grad_chunk``, ``batch_norm``, ``relu`` and ``precision`` (what was
