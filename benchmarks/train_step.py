@@ -56,13 +56,16 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
+import subprocess
 import sys
 import time
 
 import numpy as np
 
 from benchmarks import common
+from experiments.config import BATCH_NORMS, CONVS, IMPLS, PRECISIONS, RELUS
 from experiments.kernels import host_memory
 
 OPTIMIZERS = ("adamw", "adamprox", "adam_l2")
@@ -264,7 +267,7 @@ def parse_args(argv=None):
                   "--bn off, e.g. onednn,xla")
   ap.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
   ap.add_argument("--precision", default="float32",
-                  choices=("float32", "bfloat16"),
+                  choices=PRECISIONS,
                   help="float32 (default), or bfloat16 mixed precision on "
                   "both sides: the JAX step's precision='bfloat16' (with "
                   "--convs' kernels) vs torch.autocast(bfloat16) with float32 "
@@ -296,23 +299,14 @@ def parse_args(argv=None):
     if b not in ("off", "on"):
       ap.error(f"--bn: use off and/or on, got {b!r}")
   args.bn = [b == "on" for b in bns]
-  args.impls = [i for i in args.impls.split(",") if i]
-  valid = ("auto", "plain", "nofusion", "blockwise")
-  for i in args.impls:
-    if i not in valid:
-      ap.error(f"--impls: unknown {i!r}; valid: {', '.join(valid)}")
-  args.convs = [c for c in args.convs.split(",") if c]
-  for c in args.convs:
-    if c not in ("auto", "xla", "onednn"):
-      ap.error(f"--convs: unknown {c!r}; valid: auto, xla, onednn")
-  args.batch_norms = [b for b in args.batch_norms.split(",") if b]
-  for b in args.batch_norms:
-    if b not in ("auto", "onednn", "flax"):
-      ap.error(f"--batch-norms: unknown {b!r}; valid: auto, onednn, flax")
-  args.relus = [r for r in args.relus.split(",") if r]
-  for r in args.relus:
-    if r not in ("auto", "onednn", "xla"):
-      ap.error(f"--relus: unknown {r!r}; valid: auto, onednn, xla")
+  # The step's own choices (experiments/config.py), one comma-separated list each.
+  for flag, valid in (("impls", IMPLS), ("convs", CONVS),
+                      ("batch_norms", BATCH_NORMS), ("relus", RELUS)):
+    values = [v for v in getattr(args, flag).split(",") if v]
+    for v in values:
+      if v not in valid:
+        ap.error(f"--{flag.replace('_', '-')}: unknown {v!r}; valid: {', '.join(valid)}")
+    setattr(args, flag, values)
   if args.batch < 1:
     ap.error("--batch must be >= 1")
   if args.reps is not None and args.reps < 1:
@@ -331,8 +325,6 @@ def _bench_in_fresh_process(config: dict) -> dict:
   configurations before it: in one long process the heap those left behind
   made the later steps slower and noisier (ResNet-110 BN after ten other
   configurations: 0.96 s, interquartile range 0.89-1.03 s; alone: 0.63 s)."""
-  import json
-  import subprocess
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   proc = subprocess.run(
       [sys.executable, "-m", "benchmarks.train_step", "--one-config",
@@ -347,7 +339,6 @@ def main(argv=None) -> dict:
   if argv is None:
     argv = sys.argv[1:]
   if argv[:1] == ["--one-config"]:  # a child of _bench_in_fresh_process
-    import json
     row = bench_config(**json.loads(argv[1]))
     print(json.dumps(row), flush=True)
     return row

@@ -55,34 +55,21 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from experiments.kernels import onednn
-from experiments.kernels.onednn import relu_grad
 from experiments.kernels.batch_norm import OneDNNBatchNorm
 from experiments.kernels.fastconv import with_layers_changed
 from experiments.models.resnet import BasicBlock, Stem, shortcut_option_a
 
 
-def _call(kind, like, *operands, **attrs):
-  return jax.ffi.ffi_call(
-      onednn.FUSED_TARGETS[kind, like.dtype],
-      jax.ShapeDtypeStruct(like.shape, like.dtype), vmap_method="sequential",
-  )(*operands, **attrs)
-
-
 def _out_like(x, w, strides, pads):
-  n, h, wd, _ = x.shape
-  kh, kw, _, k = w.shape
-  oh = (h + pads[0][0] + pads[0][1] - kh) // strides[0] + 1
-  ow = (wd + pads[1][0] + pads[1][1] - kw) // strides[1] + 1
-  return jax.ShapeDtypeStruct((n, oh, ow, k), x.dtype)
+  return jax.ShapeDtypeStruct(onednn.output_shape(x, w, strides, pads), x.dtype)
 
 
 @jax.custom_vjp
 def add_relu(a: jax.Array, b: jax.Array) -> jax.Array:
   """``relu(a + b)`` in one oneDNN pass (same shape and dtype)."""
-  return _call("add_relu", a, a, b)
+  return onednn.fused_call("add_relu", a, a, b)
 
 
 def _add_relu_fwd(a, b):
@@ -91,7 +78,7 @@ def _add_relu_fwd(a, b):
 
 
 def _add_relu_bwd(z, g):
-  dz = relu_grad(g, z)
+  dz = onednn.relu_grad(g, z)
   return dz, dz
 
 
@@ -100,7 +87,7 @@ add_relu.defvjp(_add_relu_fwd, _add_relu_bwd)
 
 def _conv_grads(x, w, y, g, strides, pads):
   """(dz, dx, dw) for y = relu(z), z = conv(x, w) (+ r), from dL/dy = g."""
-  dz = relu_grad(g, y)
+  dz = onednn.relu_grad(g, y)
   dx, dw = onednn._conv_bwd(strides, pads, (x, w), dz)
   return dz, dx, dw
 
@@ -111,8 +98,8 @@ def conv_relu(x: jax.Array, w: jax.Array, strides, pads) -> jax.Array:
 
   `strides` is a pair of ints, `pads` a pair of (low, high) pairs.
   """
-  return _call("conv_fwd_relu", _out_like(x, w, strides, pads), x, w,
-               geometry=onednn._geometry(strides, pads))
+  return onednn.fused_call("conv_fwd_relu", _out_like(x, w, strides, pads), x, w,
+                           geometry=onednn._geometry(strides, pads))
 
 
 def _conv_relu_fwd(x, w, strides, pads):
@@ -134,8 +121,8 @@ def conv_add_relu(x: jax.Array, w: jax.Array, residual: jax.Array, strides,
                   pads) -> jax.Array:
   """``relu(conv(x, w) + residual)`` in one oneDNN call; `residual` has the
   output's shape and dtype."""
-  return _call("conv_fwd_add_relu", _out_like(x, w, strides, pads), x, w,
-               residual, geometry=onednn._geometry(strides, pads))
+  return onednn.fused_call("conv_fwd_add_relu", _out_like(x, w, strides, pads), x, w,
+                           residual, geometry=onednn._geometry(strides, pads))
 
 
 def _conv_add_relu_fwd(x, w, residual, strides, pads):
@@ -167,19 +154,18 @@ def _operands(conv, x):
   x, kernel = x.astype(dtype), kernel.astype(dtype)
   strides = _pair(conv.strides)
   padding = conv.padding
+  # nnx.Conv also accepts one int, or one int per spatial dimension.
   if isinstance(padding, str):
     if padding not in ("SAME", "VALID"):
       return None
-    pads = lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], strides, padding)
   elif isinstance(padding, int):
-    pads = ((padding, padding),) * 2
+    padding = ((padding, padding),) * 2
   else:
-    pads = tuple(((p, p) if isinstance(p, int) else tuple(p)) for p in padding)
-  pads = tuple((int(lo), int(hi)) for lo, hi in pads)
-  if not onednn.supports(x, kernel, strides, pads, dimension_numbers=(
-      "NHWC", "HWIO", "NHWC")) or x.ndim != 4:
+    padding = tuple(((p, p) if isinstance(p, int) else tuple(p)) for p in padding)
+  if not onednn.supports(x, kernel, strides, padding, dimension_numbers=(
+      "NHWC", "HWIO", "NHWC")):
     return None
-  return x, kernel, strides, pads
+  return x, kernel, strides, onednn.explicit_pads(x, kernel, strides, padding)
 
 
 def _pair(v):

@@ -281,14 +281,37 @@ def _call(kind, out_shape, a, b, geometry):
   )(a, b, geometry=geometry)
 
 
+def fused_call(kind: str, like, *operands, **attrs) -> jax.Array:
+  """One call of the FFI target ``FUSED_TARGETS[kind, like.dtype]``, whose
+  result has the shape and dtype of `like` (an array or ShapeDtypeStruct)."""
+  return jax.ffi.ffi_call(
+      FUSED_TARGETS[kind, like.dtype], jax.ShapeDtypeStruct(like.shape, like.dtype),
+      vmap_method="sequential")(*operands, **attrs)
+
+
 def relu_grad(g: jax.Array, y: jax.Array) -> jax.Array:
   """``g * (y > 0)``, the gradient through ``y = relu(z)`` computed from its
   output ``y``, in one multi-threaded oneDNN pass (in ``y``'s dtype). Used by
   the fused ReLUs of :mod:`experiments.kernels.fused_relu` and
   :mod:`experiments.kernels.batch_norm`."""
-  return jax.ffi.ffi_call(
-      FUSED_TARGETS["relu_bwd", y.dtype], jax.ShapeDtypeStruct(y.shape, y.dtype),
-      vmap_method="sequential")(g.astype(y.dtype), y)
+  return fused_call("relu_bwd", y, g.astype(y.dtype), y)
+
+
+def output_shape(x, w, strides, pads) -> tuple[int, int, int, int]:
+  """NHWC shape of the convolution of NHWC `x` with HWIO `w` (explicit pads)."""
+  n, h, wd, _ = x.shape
+  kh, kw, _, k = w.shape
+  oh = (h + pads[0][0] + pads[0][1] - kh) // strides[0] + 1
+  ow = (wd + pads[1][0] + pads[1][1] - kw) // strides[1] + 1
+  return n, oh, ow, k
+
+
+def explicit_pads(x, w, strides, padding) -> tuple[tuple[int, int], ...]:
+  """`padding` ("SAME", "VALID" or (low, high) pairs) as int pairs for NHWC
+  `x` and HWIO `w`."""
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(x.shape[1:3], w.shape[0:2], strides, padding)
+  return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -297,11 +320,7 @@ def _conv(x, w, strides, pads):
 
 
 def _forward(x, w, strides, pads):
-  n, h, wd, _ = x.shape
-  kh, kw, _, k = w.shape
-  oh = (h + pads[0][0] + pads[0][1] - kh) // strides[0] + 1
-  ow = (wd + pads[1][0] + pads[1][1] - kw) // strides[1] + 1
-  return _call("fwd", (n, oh, ow, k), x, w, _geometry(strides, pads))
+  return _call("fwd", output_shape(x, w, strides, pads), x, w, _geometry(strides, pads))
 
 
 def _conv_fwd(x, w, strides, pads):
@@ -365,12 +384,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
         *args, precision=precision,
         preferred_element_type=preferred_element_type, out_sharding=out_sharding)
   strides = tuple(int(s) for s in window_strides)
-  if isinstance(padding, str):
-    pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[0:2], strides, padding)
-  else:
-    pads = padding
-  pads = tuple((int(lo), int(hi)) for lo, hi in pads)
-  return _conv(lhs, rhs, strides, pads)
+  return _conv(lhs, rhs, strides, explicit_pads(lhs, rhs, strides, padding))
 
 
 def with_onednn_convs(model):
@@ -387,4 +401,5 @@ def with_onednn_convs(model):
 
 
 __all__ = ["OneDNNUnavailable", "available", "build", "conv_general_dilated",
-           "relu_grad", "require", "supports", "unavailable_reason", "with_onednn_convs"]
+           "explicit_pads", "fused_call", "output_shape", "relu_grad", "require",
+           "supports", "unavailable_reason", "with_onednn_convs"]
