@@ -127,26 +127,80 @@ def test_model_names():
                     "resnet218", "densenet_bc100")
 
 
-def test_zero_init_residual_blocks_start_as_identity_and_keep_other_draws():
-  import jax
-  import jax.numpy as jnp
-  from flax import nnx
-  from experiments.models import make_model
-
+def test_zero_init_residual_zeroes_only_blocks_with_identity_shortcut_and_keeps_other_draws():
   plain = make_model("resnet20", use_bn=False, seed=3)
   zero = make_model("resnet20", use_bn=False, seed=3, zero_init_residual=True)
   for bp, bz in zip(plain.blocks, zero.blocks):
-    assert float(jnp.abs(bz.conv2.kernel.value).max()) == 0.0
-    assert float(jnp.abs(bp.conv2.kernel.value).max()) > 0.0
+    identity = bz.stride == 1 and bz.conv1.in_features == bz.cout
+    # the downsampling blocks (first of stages 2 and 3) keep their drawn conv2
+    assert bool(jnp.array_equal(bz.conv2.kernel.value, bp.conv2.kernel.value)) != identity
+    assert (float(jnp.abs(bz.conv2.kernel.value).max()) == 0.0) == identity
     # every other weight is the same draw
     assert bool(jnp.array_equal(bp.conv1.kernel.value, bz.conv1.kernel.value))
+  assert sum(not (b.stride == 1 and b.conv1.in_features == b.cout) for b in zero.blocks) == 2
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 16))
   block = zero.blocks[0]  # stride 1, 16 -> 16 channels: relu(0 + x)
   assert bool(jnp.array_equal(block(x), jax.nn.relu(x)))
-  # the logits no longer blow up with depth
+  # the logits no longer blow up with depth (Kaiming init: order 10^2-10^3)
   deep = make_model("resnet56", use_bn=False, seed=0, zero_init_residual=True)
   logits = deep(jax.random.normal(jax.random.key(1), (4, 32, 32, 3)))
   assert float(jnp.abs(logits).max()) < 100.0
   with pytest.raises(ValueError, match="zero_init_residual applies to the ResNets"):
     make_model("densenet_bc100", zero_init_residual=True)
-  del nnx
+
+
+def _never_updated_conv_channels(model, images, labels, steps: int) -> tuple[int, int]:
+  """(conv output channels whose kernel gradient was exactly 0 at every one of
+  ``steps`` Adam steps on the given real batches, all conv output channels)."""
+  import optax
+  from experiments.input_pipeline.augment import normalize
+
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = optax.adam(1e-3)
+  opt_state = tx.init(params)
+
+  r_leaves, r_def = jax.tree.flatten(rest)
+
+  def loss_fn(p, x, y):
+    # The rest (BatchNorm statistics) is rebuilt in this trace so NNX lets the
+    # train-mode BatchNorm update it; the update itself is discarded.
+    m = nnx.merge(graphdef, p, jax.tree.unflatten(r_def, r_leaves))
+    logits = m(normalize(x))  # train mode: batch statistics
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  @jax.jit
+  def step(p, s, x, y):
+    g = jax.grad(loss_fn)(p, x, y)
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s, g
+
+  ever = None
+  for t in range(steps):
+    params, opt_state, grads = step(params, opt_state, images[t], labels[t])
+    # per conv kernel (H, W, Cin, Cout): did any weight of output channel c move?
+    hit = [jnp.any(g != 0, axis=(0, 1, 2)) for path, g in jax.tree.leaves_with_path(grads)
+           if g.ndim == 4]
+    ever = hit if ever is None else [a | b for a, b in zip(ever, hit)]
+  dead = sum(int((~h).sum()) for h in ever)
+  return dead, sum(h.size for h in ever)
+
+
+@pytest.mark.parametrize("use_bn", [False, True], ids=["nobn", "bn"])
+@pytest.mark.parametrize("zero_init", [False, True], ids=["kaiming", "zero_init"])
+def test_every_conv_channel_gets_a_gradient_in_the_first_steps_on_real_data(use_bn, zero_init):
+  # Issue #22: zeroing conv2 of the downsampling blocks left the channels that
+  # option A pads with zeros at exactly 0 through every later block; 528 of
+  # the 688 conv output channels of ResNet-20 never received a gradient.
+  from experiments.input_pipeline import load_dataset
+
+  ds = load_dataset("sample")
+  rng = np.random.default_rng(0)
+  steps, batch = 3, 64
+  idx = rng.permutation(len(ds.train))[:steps * batch].reshape(steps, batch)
+  images = jnp.asarray(ds.train.images[idx])
+  labels = jnp.asarray(ds.train.labels[idx])
+  model = make_model("resnet20", use_bn=use_bn, seed=0, zero_init_residual=zero_init)
+  dead, total = _never_updated_conv_channels(model, images, labels, steps)
+  assert total == 16 + 6 * 16 + 6 * 32 + 6 * 64 == 688
+  # a ReLU may silence a channel for a few batches, never a whole stage
+  assert dead <= 0.02 * total, f"{dead} of {total} conv output channels never got a gradient"

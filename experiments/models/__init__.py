@@ -17,7 +17,7 @@ def make_model(
   """Builds a model by name, initialised from ``seed``.
 
   ``zero_init_residual`` (ResNets only) zeroes the last conv of every
-  residual branch; see :mod:`experiments.models.resnet`.
+  residual branch whose shortcut is the identity; see :mod:`experiments.models.resnet`.
 
   Example:
     >>> from experiments.models import make_model

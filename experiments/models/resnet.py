@@ -7,13 +7,21 @@ identity, or, where the shape changes, a stride-2 subsample padded with zero
 channels (no parameters). Convolutions have no bias and use Kaiming-normal
 initialisation (fan-in, gain sqrt(2), untruncated: ``torch.nn.init.kaiming_normal_``).
 ``use_bn=False`` removes the BatchNorm layers and changes nothing else, as
-in Zhuang et al. (2022). ``zero_init_residual=True`` sets the last conv of
-every residual branch to zero, so each block starts as the identity (plus
-ReLU): without BN, the Kaiming-initialised branches otherwise add up their
-variance block after block (initial logits of order 10^2-10^3 for
-ResNet-44/56), and deep BN-free nets stay near chance for hundreds of steps.
-The other weights are the same draws as without it (the random stream is
-consumed identically). A deviation from the paper, for short runs.
+in Zhuang et al. (2022); with ``zero_init_residual=False`` (the default) the
+network is the paper's.
+
+``zero_init_residual=True`` (a deviation, for short runs) sets the last conv
+of every residual branch *whose shortcut is the identity* to zero, so those
+blocks start as the identity (plus ReLU): without BN, the
+Kaiming-initialised branches otherwise add up their variance block after
+block (initial logits of order 10^2-10^3 for ResNet-44/56), and deep BN-free
+nets stay near chance for hundreds of steps. The first block of stages 2 and
+3 keeps its drawn conv: its option-A shortcut brings zeros into the new
+channels, so a zero branch there would leave those channels at exactly 0
+after the ReLU, where its gradient is 0, and every weight that writes into
+them would never receive a gradient (up to 64% of the parameters: the defect
+of issue #22). The other weights are the same draws as without it (the
+random stream is consumed identically).
 
 The model is exposed as ``stem``, ``blocks`` (an ``nnx.List`` of blocks, each
 callable on its own) and ``head`` so that a train step can run the network one
@@ -92,10 +100,16 @@ class BasicBlock(nnx.Module):
     self.conv1 = conv3x3(cin, cout, stride, rngs)
     self.bn1 = batch_norm(cout, rngs) if use_bn else None
     self.conv2 = conv3x3(cout, cout, 1, rngs)
-    if zero_init_residual:
+    if zero_init_residual and self.has_identity_shortcut(cin, cout, stride):
       # Drawn, then zeroed: the rest of the random stream stays the same.
+      # Only where the shortcut is the identity: see the module docstring.
       self.conv2.kernel.value = jnp.zeros_like(self.conv2.kernel.value)
     self.bn2 = batch_norm(cout, rngs) if use_bn else None
+
+  @staticmethod
+  def has_identity_shortcut(cin: int, cout: int, stride: int) -> bool:
+    """Whether the option-A shortcut is the identity (else it pads zero channels)."""
+    return stride == 1 and cin == cout
 
   def __call__(self, x: jax.Array) -> jax.Array:
     h = self.conv1(x)
