@@ -31,7 +31,8 @@ BUDGETS = ("quick", "paper")
 
 # Fields that do not change the numbers a run produces: they may differ
 # between a run and its resumption.
-NON_SEMANTIC = ("out", "overwrite", "progress", "data_dir", "distributed", "log_every")
+NON_SEMANTIC = ("out", "overwrite", "progress", "data_dir", "distributed", "log_every",
+                "eval_every", "save_predictions")
 
 
 class ConfigError(ValueError):
@@ -72,6 +73,8 @@ class Config:
   epochs: int = 10
   batch_size: int = 128
   eval_batch_size: int = 500
+  eval_every: int = 1  # epochs between test-set evaluations (and the last epoch); validation: every epoch
+  save_predictions: bool = False  # test_predictions.npz: per-example predicted class of the last test evaluation
   max_steps: int | None = None
   seed: int = 0
   init_seed: int | None = None  # None: seed
@@ -138,7 +141,7 @@ def validate(cfg: Config) -> None:
   ds = cfg.dataset
   if not (ds in TFDS_DATASETS or ds == "sample" or (ds.startswith("npz:") and len(ds) > 4)):
     raise ConfigError(f"unknown dataset {ds!r}; valid choices: {', '.join(DATASET_CHOICES)}.")
-  for k in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+  for k in ("epochs", "batch_size", "eval_batch_size", "eval_every", "log_every"):
     v = getattr(cfg, k)
     if not isinstance(v, int) or v < 1:
       raise ConfigError(f"--{k.replace('_', '-')} must be a positive int, got {v!r}.")

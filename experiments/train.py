@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     help=f"global batch size (default {_D.batch_size})")
   a("--eval-batch-size", dest="eval_batch_size", type=int,
     help=f"default {_D.eval_batch_size}")
+  a("--eval-every", dest="eval_every", type=int,
+    help="epochs between test-set evaluations; the last epoch is always evaluated and "
+    f"the validation split every epoch (default {_D.eval_every})")
+  a("--save-predictions", dest="save_predictions", action="store_true",
+    help="write test_predictions.npz (per-example predicted class and label) at "
+    "every test evaluation: the paired comparison of two runs needs them")
   a("--train-subset", dest="train_subset", type=int, help="train on N images only")
   a("--test-subset", dest="test_subset", type=int,
     help="evaluate on a fixed random N test images")

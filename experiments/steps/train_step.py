@@ -708,7 +708,8 @@ def make_eval_step(
   Runs the model in eval mode (BatchNorm running statistics), without
   augmentation. Returns sums over the batch so partial batches can be padded
   and masked: ``loss_sum``, ``correct`` and ``count`` (sum of ``mask``, which
-  is 1 for real examples and 0 for padding). `conv` and `precision` are as
+  is 1 for real examples and 0 for padding), and the per-example predicted
+  class ``predictions`` (padding included). `conv` and `precision` are as
   in :func:`make_train_step` (the loss is float32 in both precisions).
   `batch_norm` is validated as there but BatchNorm is always Flax's here:
   in eval mode it normalises with the running statistics, one elementwise
@@ -733,6 +734,7 @@ def make_eval_step(
         "loss_sum": jnp.sum(ce * mask),
         "correct": jnp.sum(correct * mask),
         "count": jnp.sum(mask),
+        "predictions": jnp.argmax(logits, -1).astype(jnp.int32),
     }
 
   kwargs = {}

@@ -185,6 +185,21 @@ def planned(p: Protocol, results: pathlib.Path = RESULTS) -> list[DepthRun]:
   return runs
 
 
+def portable_config(cfg: dict) -> dict:
+  """A run's resolved config without paths of the machine that ran it: the
+  output directory becomes the run's name, an absolute ``npz:`` dataset or
+  ``data_dir`` its folder's name (records are committed and read elsewhere)."""
+  out = dict(cfg)
+  if out.get("out"):
+    out["out"] = pathlib.PurePath(out["out"]).name
+  ds = out.get("dataset") or ""
+  if ds.startswith("npz:") and pathlib.PurePath(ds[4:]).is_absolute():
+    out["dataset"] = "npz:" + pathlib.PurePath(ds[4:]).name
+  if out.get("data_dir") and pathlib.PurePath(out["data_dir"]).is_absolute():
+    out["data_dir"] = pathlib.PurePath(out["data_dir"]).name
+  return out
+
+
 CURVE_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
               "test_acc", "lr", "update_iqr_octaves", "update_within_one_octave",
               "update_median_log2", "epoch_seconds")
@@ -197,7 +212,7 @@ def export(run: DepthRun, p: Protocol, runs_dir: pathlib.Path,
   summary = read_summary(d)
   if summary is None or summary.get("status") not in ("complete", "diverged"):
     return None
-  cfg = json.loads((d / "resolved_config.json").read_text())
+  cfg = portable_config(json.loads((d / "resolved_config.json").read_text()))
   rows = read_metrics(d, p.epochs)
   last = rows[-1] if rows else {}
   return write_json(results / f"{run.name}.json", {

@@ -7,14 +7,16 @@ Writes to ``cfg.out``:
   convolution and BatchNorm kernels, with why; ``precision`` float32 or
   bfloat16 is a field of both);
 - ``metrics.jsonl``: one JSON object per epoch (``epoch``, ``train_loss``,
-  ``train_acc``, ``test_loss``, ``test_acc``, ``val_*`` with a validation
-  split, ``lr``, ``epoch_seconds``, ``wall_seconds``, ``images_per_sec``,
+  ``train_acc``, ``test_loss`` and ``test_acc`` (every ``eval_every`` epochs
+  and at the last), ``val_*`` with a validation split, ``lr``, ``epoch_seconds``, ``wall_seconds``, ``images_per_sec``,
   the spread of the update magnitudes ``update_iqr_octaves`` /
   ``update_within_one_octave`` / ``update_median_log2`` and the pooled
   histogram ``update_log2_hist`` from :func:`proxopt.track_update_scales`
   (``update_hist_of``: of the Adam direction ``log2|m_hat / (sqrt(v_hat) +
   eps)|`` for the Adam aliases, as in the paper, else of the whole step), and
   ``nonfinite_skips`` with ``skip_nonfinite``);
+- ``test_predictions.npz`` with ``save_predictions``: the per-example
+  predicted class and label of the latest test evaluation, and its epoch;
 - ``summary.json``: final metrics, status, compile time, throughput, precision;
 - ``checkpoints/``: the train state after the last finished epoch (Orbax,
   restored by tree path, :mod:`experiments.training.checkpoint`).
@@ -37,6 +39,7 @@ process 0 writes the files.
 
 from __future__ import annotations
 
+import io
 import json
 import pathlib
 import sys
@@ -50,7 +53,7 @@ from tqdm import tqdm
 
 import proxopt
 from experiments.config import Config, ConfigError
-from experiments.files import write_json
+from experiments.files import write_bytes, write_json
 from experiments.input_pipeline import eval_batches, load_dataset, steps_per_epoch, train_batches
 from experiments.kernels import host_memory
 from experiments.models import count_params, make_model
@@ -87,6 +90,16 @@ def _find_if_finite_state(opt_state):
       opt_state, is_leaf=lambda x: isinstance(x, optax.ApplyIfFiniteState))
            if isinstance(x, optax.ApplyIfFiniteState)]
   return found[0] if found else None
+
+
+def _write_predictions(path: pathlib.Path, epoch: int, predictions: np.ndarray,
+                       labels: np.ndarray) -> None:
+  """The per-example test predictions of one evaluation (atomically): what a
+  paired comparison of two runs needs (McNemar, per-example disagreements)."""
+  buf = io.BytesIO()
+  np.savez(buf, epoch=np.int32(epoch), predictions=predictions.astype(np.uint8 if
+           predictions.max(initial=0) < 256 else np.int32), labels=np.asarray(labels))
+  write_bytes(path, buf.getvalue())
 
 
 def write_failure(cfg: Config, message: str) -> None:
@@ -225,8 +238,13 @@ def run(cfg: Config, log=print) -> dict:
     epoch_s = time.perf_counter() - t_epoch
     row = {"epoch": epoch, "step": global_step, "train_loss": epoch_metrics["loss"],
            "train_acc": epoch_metrics["accuracy"]}
-    row["test_loss"], row["test_acc"] = metrics_lib.evaluate(
-        eval_step, state, eval_batches(ds.test, eval_bs), put)
+    last_epoch = epoch == cfg.epochs or stop_reason is not None
+    if epoch % cfg.eval_every == 0 or last_epoch:
+      ev = metrics_lib.evaluate(eval_step, state, eval_batches(ds.test, eval_bs), put,
+                                predictions=cfg.save_predictions)
+      row["test_loss"], row["test_acc"] = ev[:2]
+      if cfg.save_predictions and is_main:
+        _write_predictions(out / "test_predictions.npz", epoch, ev[2], ds.test.labels)
     if ds.val is not None:
       row["val_loss"], row["val_acc"] = metrics_lib.evaluate(
           eval_step, state, eval_batches(ds.val, eval_bs), put)
@@ -262,8 +280,10 @@ def run(cfg: Config, log=print) -> dict:
     if is_main:
       run_dir.write_metrics(out, rows)
     msg = (f"epoch {epoch}: train_loss {row['train_loss']:.4f} train_acc "
-           f"{row['train_acc']:.3f} test_loss {row['test_loss']:.4f} test_acc "
-           f"{row['test_acc']:.3f}")
+           f"{row['train_acc']:.3f}")
+    if "test_acc" in row:
+      msg += f" test_loss {row['test_loss']:.4f} test_acc {row['test_acc']:.3f}"
+
     if ds.val is not None:
       msg += f" val_acc {row['val_acc']:.3f}"
     log(msg + f" lr {row['lr']:.3g} ({epoch_s:.1f}s)")
@@ -284,7 +304,7 @@ def run(cfg: Config, log=print) -> dict:
       "epochs": last.get("epoch", 0), "steps": global_step,
       **{k: last.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc",
                                   "val_loss", "val_acc") if k in last},
-      "best_test_acc": max((r["test_acc"] for r in rows), default=None),
+      "best_test_acc": max((r["test_acc"] for r in rows if "test_acc" in r), default=None),
       "first_step_seconds": first_step_s, "median_step_seconds": med,
       # The first step = compile + one step (an estimate of compile time).
       "compile_seconds_estimate": (first_step_s - med) if (first_step_s and med) else None,

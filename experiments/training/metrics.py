@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def init() -> dict[str, jax.Array]:
@@ -52,13 +53,23 @@ def read(acc: dict) -> dict[str, Any]:
               max_consecutive_skips=int(h["max_consecutive_skips"]))
 
 
-def evaluate(eval_step, state, batches, put=lambda x: x) -> tuple[float, float]:
-  """(mean loss, accuracy) of ``state`` over ``batches`` of (images, labels, mask).
+def evaluate(eval_step, state, batches, put=lambda x: x,
+             predictions: bool = False) -> tuple:
+  """(mean loss, accuracy) of ``state`` over ``batches`` of (images, labels, mask);
+  with ``predictions``, also the per-example predicted classes (padding
+  dropped) as a third element.
 
   The per-batch sums stay on the device until one transfer at the end, and
   are added on the host in float64 in a fixed order.
   """
-  outs = [eval_step(state, put(x), put(y), put(m)) for x, y, m in batches]
+  outs, masks = [], []
+  for x, y, m in batches:
+    outs.append(eval_step(state, put(x), put(y), put(m)))
+    masks.append(np.asarray(m) > 0)
   outs = jax.device_get(outs)
   tot = {k: sum(float(o[k]) for o in outs) for k in ("loss_sum", "correct", "count")}
-  return tot["loss_sum"] / tot["count"], tot["correct"] / tot["count"]
+  loss, acc = tot["loss_sum"] / tot["count"], tot["correct"] / tot["count"]
+  if not predictions:
+    return loss, acc
+  preds = np.concatenate([np.asarray(o["predictions"])[k] for o, k in zip(outs, masks)])
+  return loss, acc, preds
