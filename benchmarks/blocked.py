@@ -27,7 +27,7 @@ cache-blocked optimizer step for XLA:CPU; it only exists to measure how much
 of the floor is reachable from JAX without custom C. It implements the
 ``proxopt.adamprox`` and ``proxopt.adamw`` updates (optax convention,
 constant learning rate) on single-leaf parameters, with numerics equal to
-those aliases up to float32 rounding (tests/test_benchmarks.py checks this).
+those aliases up to float32 rounding (tests/harness/test_benchmarks.py checks this).
 """
 
 from __future__ import annotations

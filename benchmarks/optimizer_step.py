@@ -7,8 +7,8 @@ writes params, ``m`` and ``v``, i.e. 28 bytes per float32 parameter, so its
 floor is ``28 * params / bandwidth``. Two trees:
 
 * ``resnet110``: the parameter tree of the CIFAR ResNet-110 without BN
-  (1,719,866 params in 111 leaves; built from the architecture, same shapes
-  as ``experiments.models.make_model("resnet110", use_bn=False)``);
+  (1,719,866 params in 111 leaves, the shapes of
+  ``experiments.models.make_model("resnet110", use_bn=False)``);
 * ``flat64m``: one flat vector of 64Mi float32 (``2**26``).
 
 Candidates: ``proxopt.adamw``, ``proxopt.adamprox``, ``proxopt.adam_l2``,
@@ -74,27 +74,15 @@ ALL_CANDIDATES = JAX_CANDIDATES + TORCH_CANDIDATES
 # ---------------------------------------------------------------------- trees
 def resnet_param_shapes(depth: int, num_classes: int = 10,
                         bn: bool = False) -> dict[str, tuple[int, ...]]:
-  """Parameter shapes of the CIFAR ResNet-``depth`` (Flax layouts: HWIO
-  kernels), from the architecture of He et al. 2016 (option-A shortcuts
-  carry no parameters)."""
-  if (depth - 2) % 6 or depth < 8:
-    raise ValueError(f"resnet_param_shapes: `depth` must be 6n+2, got {depth}.")
-  n = (depth - 2) // 6
-  shapes = {"stem/conv": (3, 3, 3, 16)}
-  if bn:
-    shapes["stem/bn/scale"] = shapes["stem/bn/bias"] = (16,)
-  cin, k = 16, 0
-  for stage, cout in enumerate((16, 32, 64)):
-    for _ in range(n):
-      shapes[f"block{k}/conv1"] = (3, 3, cin, cout)
-      shapes[f"block{k}/conv2"] = (3, 3, cout, cout)
-      if bn:
-        for b in ("bn1", "bn2"):
-          shapes[f"block{k}/{b}/scale"] = shapes[f"block{k}/{b}/bias"] = (cout,)
-      cin, k = cout, k + 1
-  shapes["head/kernel"] = (64, num_classes)
-  shapes["head/bias"] = (num_classes,)
-  return shapes
+  """Parameter shapes of ``experiments.models.ResNet(depth)``, by tree path
+  (an abstract init: shapes only, no random draws)."""
+  from flax import nnx
+
+  from experiments.models.resnet import ResNet
+  model = nnx.eval_shape(lambda: ResNet(depth, num_classes, bn, rngs=nnx.Rngs(0)))
+  leaves = jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]
+  return {jax.tree_util.keystr(path).removesuffix(".value"): tuple(x.shape)
+          for path, x in leaves}
 
 
 def make_tree(name: str, quick: bool) -> dict[str, tuple[int, ...]]:
@@ -235,8 +223,8 @@ def _jax_runner(name: str, np_params, grads) -> tuple[Callable[[], Any], dict]:
       return optax.apply_updates(p, updates), s
 
     opt_state = tx.init(params)
-  # Donation lets XLA update params and moments in place (measured 6.6x
-  # faster on a 64M vector than allocating fresh outputs every step).
+  # Donation lets XLA update params and moments in place instead of
+  # allocating fresh outputs every step.
   jitted = jax.jit(step, donate_argnums=(0, 1))
   box = {"p": params, "s": opt_state}
 

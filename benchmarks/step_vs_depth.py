@@ -2,7 +2,7 @@
 
 Run as ``python -m benchmarks.step_vs_depth`` (see ``--help``). For
 each model (depth, BN on/off) it builds one train step per implementation
-(``experiments.steps.train_step``) and the PyTorch peer (``benchmarks.torch_peer``, same
+(``experiments.kernels.train_step``) and the PyTorch peer (``benchmarks.torch_peer``, same
 network, AdamW, with 1 and with 2 intra-op threads, in NCHW and in
 channels-last memory format), then times them
 interleaved (A B C A B C ...) on one fixed random batch, so that load from other
@@ -49,7 +49,7 @@ def measure_model(depth: int, bn: bool, impls: list[str], batch: int,
   from flax import nnx
 
   from experiments.models.resnet import ResNet
-  from experiments.steps.train_step import create_train_state, make_train_step
+  from experiments.kernels.train_step import create_train_state, make_train_step
 
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
   bad = [d for d in depths + bn_depths if d < 8 or (d - 2) % 6]
   if bad:
     p.error(f"depths must be 6n+2 (8, 14, 20, 32, 44, 56, 110, 218); got {bad}")
-  from experiments.config import IMPLS
+  from experiments.configs.default import IMPLS
   impls = [i for i in a.impls.split(",") if i]
   try:
     unknown = [i for i in impls if parse_impl(i)[0] not in IMPLS

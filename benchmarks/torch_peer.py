@@ -9,7 +9,7 @@ kaiming-normal (fan-in, ReLU gain) init of convs and of the head's weights
 with a zero head bias (as ``experiments.models.resnet``), optional BatchNorm (``bn=False``
 removes the BN layers and nothing else), global average pooling and a dense
 head. The train step is forward, softmax cross-entropy, backward and one
-``torch.optim`` Adam/AdamW step, i.e. what ``experiments.steps.train_step`` does in JAX.
+``torch.optim`` Adam/AdamW step, i.e. what ``experiments.kernels.train_step`` does in JAX.
 ``precision="bfloat16"`` is PyTorch's usual mixed precision, the peer of the
 JAX step's: ``torch.autocast(dtype=torch.bfloat16)`` around the forward pass
 and the loss (convolutions and the dense layer in bfloat16), the logits cast

@@ -4,7 +4,7 @@ r"""Train-step benchmark: the experiments' JAX step vs the same model in PyTorch
 
 For CIFAR ResNet-20/56/110, with and without BatchNorm, at batch 128: one
 train step (forward, softmax cross-entropy, backward, optimizer update) of
-``experiments.steps.train_step.make_train_step`` (Flax NNX model from
+``experiments.kernels.train_step.make_train_step`` (Flax NNX model from
 ``experiments.models``, state donated, ``impl`` as given; ``auto`` is the
 step the experiments use) against the same network, init scheme and
 optimizer in PyTorch (``benchmarks/torch_peer.py``, ``torch.set_num_threads``
@@ -12,7 +12,7 @@ optimizer in PyTorch (``benchmarks/torch_peer.py``, ``torch.set_num_threads``
 and channels-last (``torch_cl_step_s``; oneDNN's convolutions are faster on
 it here, and it is the layout of the JAX step). ``jax_over_torch_best`` is
 the JAX step over the fastest PyTorch configuration timed. ``conv`` is the
-JAX step's convolution kernels (``experiments.steps.train_step.make_train_step(conv=)``).
+JAX step's convolution kernels (``experiments.kernels.train_step.make_train_step(conv=)``).
 Both sides get the same fixed batch; augmentation is off on the
 JAX side (the PyTorch peer gets pre-normalised tensors, as a DataLoader would
 hand it), so both time the model and the optimizer only. JAX and PyTorch
@@ -65,7 +65,7 @@ import time
 import numpy as np
 
 from benchmarks import common
-from experiments.config import BATCH_NORMS, CONVS, IMPLS, PRECISIONS, RELUS
+from experiments.configs.default import BATCH_NORMS, CONVS, IMPLS, PRECISIONS, RELUS
 from experiments.kernels import host_memory
 
 OPTIMIZERS = ("adamw", "adamprox", "adam_l2")
@@ -105,7 +105,7 @@ def build_steps(depth: int, bn: bool, batch: int, impl: str, optimizer: str,
   import torch
   from experiments.models.resnet import ResNet
   from experiments.input_pipeline import normalize
-  from experiments.steps.train_step import create_train_state, make_train_step
+  from experiments.kernels.train_step import create_train_state, make_train_step
   from flax import nnx
 
   from benchmarks import torch_peer
@@ -253,7 +253,7 @@ def parse_args(argv=None):
                   help="comma-separated: off, on")
   ap.add_argument("--batch", type=int, default=128)
   ap.add_argument("--impls", default="auto",
-                  help="comma-separated experiments.steps.train_step impls "
+                  help="comma-separated experiments.kernels.train_step impls "
                   "(auto, plain, nofusion, blockwise)")
   ap.add_argument("--convs", default="auto",
                   help="comma-separated convolution kernels of the JAX step "
@@ -299,7 +299,7 @@ def parse_args(argv=None):
     if b not in ("off", "on"):
       ap.error(f"--bn: use off and/or on, got {b!r}")
   args.bn = [b == "on" for b in bns]
-  # The step's own choices (experiments/config.py), one comma-separated list each.
+  # The step's own choices (experiments/configs/default.py), one comma-separated list each.
   for flag, valid in (("impls", IMPLS), ("convs", CONVS),
                       ("batch_norms", BATCH_NORMS), ("relus", RELUS)):
     values = [v for v in getattr(args, flag).split(",") if v]

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from experiments.config import ConfigError
+from experiments.configs.default import ConfigError
 from experiments.configs import resolve
 from experiments.files import write_figure, write_json
 from experiments.toy import conditioning, loss_multiplier
@@ -298,8 +298,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  # Before the first JAX computation (experiments/kernels/host_memory.py):
-  # the step's scratch buffer is then reused, not re-faulted every step.
-  from experiments.kernels.host_memory import keep_freed_memory
-  keep_freed_memory()
+  # Before the first JAX computation, on a CPU backend: the step's scratch
+  # buffer is then reused, not re-faulted every step (experiments.kernels).
+  from experiments.training.loop import keep_freed_host_memory
+  keep_freed_host_memory()
   sys.exit(main())

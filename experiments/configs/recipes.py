@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from experiments.config import BUDGETS, Config
+from experiments.configs.default import BUDGETS, Config
 
 QUICK_EPOCHS = 3
 
@@ -60,7 +60,7 @@ class Recipe:
     return self.paper_lambda / self.paper_alpha
 
   def config(self, budget: str = "paper") -> Config:
-    """The training :class:`~experiments.config.Config` of this recipe."""
+    """The training :class:`~experiments.configs.default.Config` of this recipe."""
     if budget not in BUDGETS:
       raise ValueError(f"unknown budget {budget!r}; valid choices: {', '.join(BUDGETS)}.")
     cfg = dict(

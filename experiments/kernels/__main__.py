@@ -4,7 +4,7 @@ ahead of time (then ``--conv auto`` uses them), or say whether they are built.""
 import argparse
 import sys
 
-from experiments.kernels import onednn
+import experiments.kernels.onednn as onednn
 
 
 def main(argv=None) -> int:

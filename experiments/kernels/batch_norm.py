@@ -38,8 +38,8 @@ Numerics: oneDNN computes the variance as the mean of squared deviations,
 Flax (``use_fast_variance=True``, the default) as ``E[x^2] - E[x]^2``; both
 are the biased batch variance, equal within float32 rounding for
 normalisation inputs (tested against a float64 reference, and the whole train
-step against Flax's BatchNorm, in tests/test_onednn_conv.py and
-tests/test_step.py).
+step against Flax's BatchNorm, in tests/harness/test_onednn_conv.py and
+tests/harness/test_step.py).
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -65,7 +65,7 @@ from flax import nnx
 from flax.nnx.nn import dtypes as nnx_dtypes
 from jax import lax
 
-from experiments.kernels import onednn
+import experiments.kernels.onednn as onednn
 from experiments.kernels.fastconv import with_layers_changed
 
 

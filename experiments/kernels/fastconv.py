@@ -8,10 +8,9 @@ For ``y = conv(x, w)`` the weight gradient is a sum over the batch,
 
 so it can be computed ``c`` images at a time and summed. XLA:CPU lowers the
 weight-gradient convolution to one Eigen contraction over the whole batch,
-which for CIFAR shapes (32x32 images, 16 channels, batch 128) runs about 8x
-slower than the forward convolution of the same size (measured here: 302 ms vs
-20 ms); on chunks of 8 images the same work took 37 ms (see
-docs/guides/cpu_training.md). With oneDNN available, the step uses
+which for CIFAR shapes was measured several times slower than the forward
+convolution of the same size, and much faster on chunks of 8 images (timings
+in docs/guides/cpu_training.md). With oneDNN available, the step uses
 :mod:`experiments.kernels.onednn` instead, which is faster still. The forward pass and the input gradient
 are XLA's own. The chunks are unrolled (B/c weight-gradient convolutions per
 layer in the HLO).
@@ -65,7 +64,7 @@ def _bwd(conv, chunk, batch_dim, res, g):
     return jax.vjp(lambda w: conv(xc, w), w)[1](gc)[0]
 
   # Unrolled static slices: a lax.fori_loop over dynamic slices was measured
-  # 7x slower on XLA:CPU than one whole-batch weight gradient.
+  # slower on XLA:CPU than even one whole-batch weight gradient.
   dw = wgrad(lax.slice_in_dim(x, 0, chunk, axis=batch_dim),
              lax.slice_in_dim(g, 0, chunk, axis=batch_dim))
   for i in range(1, n):

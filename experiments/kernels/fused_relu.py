@@ -23,10 +23,9 @@ multi-threaded oneDNN pass from the output:
   binary add with a ReLU post-op; oneDNN 3.2 has no CPU
   ``fuse_norm_add_relu``).
 
-Measured here (ResNet-56 without BN, batch 128, oneDNN convolutions,
-``impl="nofusion"``): the separate ReLU, add and ReLU-gradient passes took
-about 60 ms of a 0.32 s step; ``docs/guides/cpu_training.md`` has the step
-times with and without fusion.
+XLA:CPU runs the separate ReLU, add and ReLU-gradient passes on one thread
+each; ``docs/guides/cpu_training.md`` has the step times with and without
+fusion (from ``benchmarks/results/train_step.json``).
 
 The ops are ``jax.custom_vjp`` functions whose backward pass is the ReLU
 gradient, then the producer's own gradients. :func:`with_fused_relu` gives a
@@ -56,7 +55,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from experiments.kernels import onednn
+import experiments.kernels.onednn as onednn
 from experiments.kernels.batch_norm import OneDNNBatchNorm
 from experiments.kernels.fastconv import with_layers_changed
 from experiments.models.resnet import BasicBlock, Stem, shortcut_option_a

@@ -5,12 +5,9 @@ activation of a train step: 203 MB for ResNet-20 at batch 128) with one
 ``malloc`` from one of its worker threads, and frees it when the step ends.
 glibc cannot serve an allocation that large from a worker thread's arena (64
 MB heaps), so it ``mmap``\ s fresh pages and ``munmap``\ s them on free: every
-step the kernel faults in and zeroes the whole buffer again. Measured here
-(ResNet-20 without BN, oneDNN convolutions, 2 cores): 49.6k minor page faults
-per step (one 203 MB ``mmap``/``munmap`` pair per step under ``strace``) and
-0.135 s per step; with :func:`keep_freed_memory`, 0 faults and 0.104 s.
-PyTorch's step, in the same process, went from 8.1k faults to 0 and from
-0.123 s to 0.105 s.
+step the kernel faults in and zeroes the whole buffer again (page faults and
+step times with and without it: docs/guides/cpu_training.md; the benchmark rows
+record ``host_memory``).
 
 :func:`keep_freed_memory` sets three of glibc's ``mallopt`` parameters:
 
@@ -30,9 +27,11 @@ for the CPU client's temporary allocations), hence this small module.
 Call it at the start of a process, **before the first JAX computation**:
 threads that already allocated keep their own arenas, and XLA's worker
 threads are created with the CPU backend. The entry points of the
-experiments and the train-step benchmarks call it first thing; set
-``EXPERIMENTS_HOST_MEMORY=default`` to leave glibc's defaults. Linux with
-glibc only; elsewhere it changes nothing and says why.
+experiments call :func:`keep_freed_memory_on_cpu` first thing, which does it only
+when JAX will run on its CPU backend (``JAX_PLATFORMS=cpu``, or no GPU/TPU plugin
+installed); the train-step benchmarks call :func:`keep_freed_memory`. Set
+``EXPERIMENTS_HOST_MEMORY=keep`` to ask for it anywhere, ``default`` to leave
+glibc's defaults. Linux with glibc only; elsewhere it changes nothing and says why.
 
 Example:
   >>> from experiments.kernels import host_memory
@@ -44,6 +43,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.metadata
 import os
 import sys
 
@@ -73,13 +73,9 @@ def keep_freed_memory() -> str:
   glibc's ``mallopt``.
   """
   global _status
-  if os.environ.get(ENV_VAR, "keep") == "default":
+  if _setting() == "default":
     _status = f"default ({ENV_VAR}=default)"
     return _status
-  if os.environ.get(ENV_VAR, "keep") != "keep":
-    raise ValueError(
-        f"{ENV_VAR}={os.environ[ENV_VAR]!r}: use 'keep' (the default) or "
-        "'default' (glibc's own malloc settings).")
   if _status.startswith("kept"):
     return _status
   if not sys.platform.startswith("linux"):
@@ -105,6 +101,47 @@ def keep_freed_memory() -> str:
   return _status
 
 
+def _setting() -> str:
+  value = os.environ.get(ENV_VAR, "auto")
+  if value not in ("auto", "keep", "default"):
+    raise ValueError(
+        f"{ENV_VAR}={value!r}: use 'auto' (the default: keep on a CPU backend), 'keep' "
+        "(always) or 'default' (glibc's own malloc settings).")
+  return value
+
+
+# Distributions that give JAX a GPU or TPU backend.
+_ACCELERATOR_PLUGINS = ("jax-cuda", "jax-rocm", "libtpu", "jax-metal", "jax-tpu")
+
+
+def cpu_backend_reason() -> str | None:
+  """None if JAX will run on its CPU backend, else why not. Decided without
+  starting a backend (that would create XLA's threads before the tuning)."""
+  platforms = os.environ.get("JAX_PLATFORMS", "")
+  jax = sys.modules.get("jax")
+  if jax is not None and getattr(jax.config, "jax_platforms", None):
+    platforms = jax.config.jax_platforms
+  if platforms:
+    return None if platforms.split(",")[0].strip() == "cpu" else f"JAX_PLATFORMS={platforms}"
+  plugins = sorted({d.metadata["Name"].lower().replace("_", "-")
+                    for d in importlib.metadata.distributions()
+                    if (d.metadata["Name"] or "").lower().replace("_", "-").startswith(
+                        _ACCELERATOR_PLUGINS)})
+  return f"accelerator plugin installed: {', '.join(plugins)}" if plugins else None
+
+
+def keep_freed_memory_on_cpu() -> str:
+  """:func:`keep_freed_memory` if JAX will run on its CPU backend or
+  ``EXPERIMENTS_HOST_MEMORY=keep``; else leaves glibc alone and says why."""
+  global _status
+  setting = _setting()
+  reason = cpu_backend_reason()
+  if setting == "auto" and reason is not None:
+    _status = f"default (not a CPU backend: {reason})"
+    return _status
+  return keep_freed_memory()
+
+
 def status() -> str:
   """``"kept"`` after :func:`keep_freed_memory` took effect (also when the
   process was started with :data:`TUNABLES`), else ``"default"`` with the
@@ -114,4 +151,5 @@ def status() -> str:
   return _status
 
 
-__all__ = ["ENV_VAR", "TUNABLES", "keep_freed_memory", "status"]
+__all__ = ["ENV_VAR", "TUNABLES", "cpu_backend_reason", "keep_freed_memory",
+           "keep_freed_memory_on_cpu", "status"]

@@ -1,17 +1,9 @@
 r"""2-D convolutions on oneDNN for XLA:CPU: forward, input and weight gradient.
 
 XLA:CPU runs convolutions on Eigen's contraction kernels, which for CIFAR
-ResNet shapes (batch 128, 8x8..32x32 images, 16..64 channels, 3x3 kernels)
-were measured here 2-4x slower than oneDNN's, the library PyTorch uses on CPU
-(idle machine, 2 threads, ms for forward / input gradient / weight gradient):
-
-============================  =================  ====================
-shape (H, C -> K, stride)     XLA:CPU            oneDNN (this module)
-============================  =================  ====================
-32x32, 16 -> 16, 1            15.6 / 6.9 / 14.6  3.8 / 3.8 / 3.5
-16x16, 32 -> 32, 1            7.5 / 7.0 / 14.8   3.9 / 3.5 / 3.7
-8x8, 64 -> 64, 1              6.6 / 6.9 / 14.1   2.7 / 2.9 / 3.4
-============================  =================  ====================
+ResNet shapes were measured slower than oneDNN's, the library PyTorch uses on
+CPU, in the forward pass and both gradients (the per-shape timings are in
+docs/guides/cpu_training.md).
 
 No maintained package exposes oneDNN convolutions to JAX (jaxlib's own
 ``--xla_cpu_use_onednn`` / oneDNN-fusion flags were measured and did not speed

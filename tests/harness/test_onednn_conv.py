@@ -279,7 +279,7 @@ def test_bf16_auto_conv_picks_onednn_when_built():
   import optax
   from flax import nnx
   from experiments.models.resnet import ResNet
-  from experiments.steps.train_step import (
+  from experiments.kernels.train_step import (
       create_train_state, make_eval_step, make_train_step)
   if jax.default_backend() != "cpu":
     pytest.skip("conv='auto' picks oneDNN only on CPU")
@@ -352,7 +352,7 @@ def test_auto_never_compiles(monkeypatch, tmp_path):
   import optax
   from flax import nnx
   from experiments.models.resnet import ResNet
-  from experiments.steps.train_step import make_train_step
+  from experiments.kernels.train_step import make_train_step
   monkeypatch.setenv("EXPERIMENTS_CACHE_DIR", str(tmp_path))
   onednn_conv._load_built.cache_clear()
   try:

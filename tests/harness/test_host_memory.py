@@ -13,7 +13,7 @@ import pytest
 
 from experiments.kernels import host_memory
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # The experiments' train step (ResNet-8 without BN, batch 64, XLA's
 # convolutions, fusion off): its temporary buffer, allocated on an XLA worker
@@ -29,7 +29,7 @@ else:
 import numpy as np, optax
 from flax import nnx
 from experiments.models.resnet import ResNet
-from experiments.steps.train_step import create_train_state, make_train_step
+from experiments.kernels.train_step import create_train_state, make_train_step
 model = ResNet(8, 10, use_bn=False, rngs=nnx.Rngs(0))
 tx = optax.sgd(0.01)
 step = make_train_step(model, tx, impl="nofusion", conv="xla", conv_grad_chunk=None)

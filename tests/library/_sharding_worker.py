@@ -1,4 +1,4 @@
-"""Run by tests/test_integration.py in a subprocess with 8 host CPU devices.
+"""Run by tests/library/test_integration.py in a subprocess with 8 host CPU devices.
 
 `--xla_force_host_platform_device_count` only takes effect if it is set before
 jax initialises its backend, which the pytest process has already done.

@@ -1,4 +1,4 @@
-"""Tests of experiments.steps.train_step: every implementation gives the plain jax.grad
+"""Tests of experiments.kernels.train_step (the CPU speed layer): every implementation gives the plain jax.grad
 gradients, donation, training progress, augmentation, data parallelism."""
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from flax import nnx
 
 from experiments.models.resnet import ResNet
 from experiments.input_pipeline import CIFAR_MEAN, CIFAR_STD
-from experiments.steps import train_step as step_lib
-from experiments.steps.train_step import (
-    TrainState, augment, create_train_state, make_eval_step, make_train_step,
-    normalize,
-)
+from experiments.kernels import train_step as step_lib
+from experiments.training import train_step as plain_step
+from experiments.input_pipeline.augment import augment, normalize
+from experiments.kernels.train_step import (
+    TrainState, create_train_state, make_eval_step, make_train_step)
 
 from experiments.kernels import onednn as onednn_conv
 
@@ -53,7 +53,7 @@ def _onednn_unavailable() -> str:
     return ""
   except onednn_conv.OneDNNUnavailable as e:
     return str(e)
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _batch(n=8, seed=0):
@@ -73,7 +73,7 @@ def grad_capture() -> optax.GradientTransformation:
 def reference_grads(model, state, images, labels, multiplier, augmented):
   """Independent reference: jax.grad of the loss written out by hand."""
   graphdef, _, _ = nnx.split(model, nnx.Param, ...)
-  x = (augment(step_lib._step_key(state), images) if augmented
+  x = (augment(plain_step.step_key(state), images) if augmented
        else normalize(images))
   r_leaves, r_def = jax.tree.flatten(state.model_state)
 
@@ -163,6 +163,23 @@ def test_fast_impl_gradients_equal_plain(setup, impl):
     assert means and all(float(jnp.max(jnp.abs(m))) > 0 for m in means)
 
 
+@pytest.mark.parametrize("use_bn", [False, True], ids=["nobn", "bn"])
+def test_plain_step_is_what_the_kernels_layer_runs_without_kernels(use_bn):
+  """experiments.training.train_step (XLA only, the default off CPU) equals the
+  CPU layer with every choice off, bit for bit, and the handwritten gradient."""
+  model = ResNet(8, 10, use_bn=use_bn, rngs=nnx.Rngs(0))
+  images, labels = _batch()
+  tx = grad_capture()
+  ours = plain_step.make_train_step(model, tx, loss_multiplier=2.0)(
+      create_train_state(model, tx, seed=3), images, labels)
+  theirs = make_train_step(model, tx, loss_multiplier=2.0, impl="plain", conv="xla",
+                           conv_grad_chunk=None, batch_norm="flax", relu="xla")(
+      create_train_state(model, tx, seed=3), images, labels)
+  jax.tree.map(np.testing.assert_array_equal, ours, theirs)
+  ref = reference_grads(model, create_train_state(model, tx, seed=3), images, labels, 2.0, True)
+  assert_trees_close(ours[0].opt_state, ref[0], what="plain step vs reference")
+
+
 # oneDNN's BatchNorm against Flax's, both with oneDNN convolutions: measured
 # on ResNet-8 BN, batch 8 (max difference over a leaf / max of that leaf):
 # gradients <= 6.3e-6, running statistics <= 2.8e-6, loss <= 1e-7 relative,
@@ -183,7 +200,7 @@ def test_onednn_batch_norm_step_equals_flax_batch_norm(setup, impl):
 
 
 def test_batch_norm_choice_resolution_and_errors(monkeypatch):
-  from experiments.config import Config, ConfigError, validate
+  from experiments.configs.default import Config, ConfigError, validate
   from experiments.train import config_from_argv
   bn_model = ResNet(8, 10, use_bn=True, rngs=nnx.Rngs(0))
   plain_model = ResNet(8, 10, use_bn=False, rngs=nnx.Rngs(0))
@@ -238,7 +255,7 @@ def test_blockwise_runs_of_blocks_map_every_leaf(monkeypatch, use_bn):
   # (4 and 2), so the paths inside a run must map back to ['blocks'][i].
   monkeypatch.setattr(step_lib, "BLOCKS_PER_SEGMENT", 4)
   model = ResNet(14, 10, use_bn=use_bn, rngs=nnx.Rngs(1))
-  _, params, rest = step_lib._split(model)
+  _, params, rest = plain_step.split(model)
   segs = step_lib._segments(model, params, rest, 4)
   assert len(segs) == 4  # stem, 4 blocks, 2 blocks, head
   assert sorted(i for s in segs for i in s.p_index) == list(range(len(jax.tree.leaves(params))))
@@ -260,7 +277,7 @@ def test_blockwise_runs_of_blocks_map_every_leaf(monkeypatch, use_bn):
 
 
 def test_relu_choice_resolution_and_errors():
-  from experiments.config import Config, ConfigError, validate
+  from experiments.configs.default import Config, ConfigError, validate
   from experiments.train import config_from_argv
   bn_model = ResNet(8, 10, use_bn=True, rngs=nnx.Rngs(0))
   plain_model = ResNet(8, 10, use_bn=False, rngs=nnx.Rngs(0))
@@ -374,16 +391,16 @@ def test_augmentation_depends_on_step_and_seed():
   images, labels = _batch()
   s0 = create_train_state(model, tx, seed=0)
   s1 = create_train_state(model, tx, seed=1)
-  k00 = step_lib._step_key(s0)
-  k01 = step_lib._step_key(s0._replace(step=jnp.int32(1)))
-  k10 = step_lib._step_key(s1)
+  k00 = plain_step.step_key(s0)
+  k01 = plain_step.step_key(s0._replace(step=jnp.int32(1)))
+  k10 = plain_step.step_key(s1)
   outs = [np.asarray(augment(k, images)) for k in (k00, k01, k10)]
   assert not np.array_equal(outs[0], outs[1])
   assert not np.array_equal(outs[0], outs[2])
   # Same state -> same key (a resumed run sees the same batches).
   np.testing.assert_array_equal(
       jax.random.key_data(k00),
-      jax.random.key_data(step_lib._step_key(create_train_state(
+      jax.random.key_data(plain_step.step_key(create_train_state(
           model, tx, seed=0))))
 
 
@@ -489,7 +506,7 @@ import json, sys
 import jax, jax.numpy as jnp, numpy as np, optax
 from flax import nnx
 from experiments.models.resnet import ResNet
-from experiments.steps.train_step import create_train_state, make_train_step
+from experiments.kernels.train_step import create_train_state, make_train_step
 assert jax.device_count() == 8, jax.devices()
 rng = np.random.default_rng(0)
 images = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)

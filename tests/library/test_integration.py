@@ -223,7 +223,7 @@ def test_sharded_over_8_devices_matches_unsharded():
   worker = os.path.join(os.path.dirname(__file__), "_sharding_worker.py")
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(
-      [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))] + env.get("PYTHONPATH", "").split(os.pathsep))
+      [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))] + env.get("PYTHONPATH", "").split(os.pathsep))
   proc = subprocess.run([sys.executable, worker], capture_output=True, text=True, env=env, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -64,7 +64,7 @@ def test_paper_scale_protocol():
   with pytest.raises(ValueError, match="quick, paper"):
     get_recipe("resnet56-nobn-adamw").config("huge")
   # A recipe is a Config: the same type the CLI resolves to.
-  from experiments.config import Config
+  from experiments.configs.default import Config
   assert isinstance(cfg, Config) and cfg.recipe == "resnet56-nobn-adamw"
 
 

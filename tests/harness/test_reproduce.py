@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from experiments import train
-from experiments.config import Config
+from experiments.configs.default import Config
 from experiments.configs.recipes import get_recipe
 from experiments.study import report as reproduce_report
 from experiments.study import runner
 from experiments.study import spec as reproduce
 from experiments.training.optimizer import optax_weight_decay
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _resolved(run, scale="cpu", runs_dir=pathlib.Path("/tmp/r")):

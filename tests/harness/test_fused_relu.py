@@ -107,7 +107,7 @@ def test_relu_gradient_at_zero_is_zero_like_jax_nn_relu():
 def test_bf16_within_one_rounding_of_float32():
   # One bfloat16 rounding of the float32 result computed from the same
   # bfloat16 operands: relative 2^-8, as for the unfused oneDNN bfloat16
-  # convolutions (tests/test_onednn_conv.py).
+  # convolutions (tests/harness/test_onednn_conv.py).
   keys = jax.random.split(jax.random.key(1), 4)
   bf16, f32 = (lambda a: a.astype(jnp.bfloat16)), (lambda a: a.astype(jnp.float32))
   x = bf16(jax.random.normal(keys[0], (8, 16, 16, 32)))

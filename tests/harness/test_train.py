@@ -23,13 +23,14 @@ import numpy as np
 import pytest
 
 from experiments import train
-from experiments.config import OPTIMIZERS, SCHEDULES, Config, ConfigError
-from experiments.steps import train_step as step_lib
+from experiments.configs.default import OPTIMIZERS, SCHEDULES, Config, ConfigError
+from experiments.kernels import train_step as kernel_step
 from experiments.training import loop
+from experiments.training import train_step as step_lib
 from experiments.training.checkpoint import CheckpointMismatch, load_arrays
 from experiments.training.optimizer import build_optimizer, histogram_of, optax_weight_decay
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 # Small and fast: 128 training images, 4 steps of 32 per epoch, 64 test images.
 TINY = ["--dataset", "sample", "--model", "resnet20", "--batch-size", "32",
@@ -79,7 +80,7 @@ def _subprocess(args, cache_dir, env_extra=None, timeout=600, kill_at_step=None)
 _KILL_SCRIPT = """
 import os, signal, sys
 from experiments import train
-from experiments.steps import train_step as step_lib
+from experiments.kernels import train_step as step_lib  # the step the loop runs on CPU
 
 kill_at, argv = int(sys.argv[1]), sys.argv[2:]
 make = step_lib.make_train_step
@@ -154,7 +155,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference_run, cache_dir
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-@pytest.mark.slow  # ~100 s under load; tests/test_step.py checks the step itself on 8 devices
+@pytest.mark.slow  # ~100 s under load; tests/harness/test_step.py checks the step itself on 8 devices
 def test_eight_devices_equal_one_device(cache_dir, tmp_path):
   # SGD with momentum: the weights move linearly in the gradients (Adam's
   # normalisation turns a last-bit difference of a near-zero gradient into a
@@ -173,7 +174,7 @@ def test_eight_devices_equal_one_device(cache_dir, tmp_path):
   assert meta_b["step"] == 2
   for k in a:
     if True:
-      # Per leaf, relative to its largest entry (as tests/test_step.py). Measured:
+      # Per leaf, relative to its largest entry (as tests/harness/test_step.py). Measured:
       # up to ~4e-4 of the leaf's scale after 2 steps, in the momentum (per-device convolutions
       # on 4 images round differently from one on 32, through 20 layers and BN).
       # A per-shard BatchNorm or a missing all-reduce should differ far more.
@@ -197,13 +198,13 @@ def _poison_labels(monkeypatch, epoch, batch):
 
 def _poison_step(monkeypatch, at_step):
   """NaN inputs at one step count, inside the jitted step: NaN gradients."""
-  orig = step_lib._inputs
+  orig = step_lib.model_inputs
 
   def poisoned(state, images, augment_flag):
     x = orig(state, images, augment_flag)
     return jnp.where(state.step == at_step, jnp.nan, x)
 
-  monkeypatch.setattr(step_lib, "_inputs", poisoned)
+  monkeypatch.setattr(step_lib, "model_inputs", poisoned)
 
 
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(monkeypatch, cache_dir, tmp_path):
@@ -394,7 +395,7 @@ def test_fault_injection_is_not_in_the_production_loop():
 
 
 def test_precision_flag_config_and_validation(capsys):
-  from experiments.config import PRECISIONS, validate
+  from experiments.configs.default import PRECISIONS, validate
   parse = train.config_from_argv
   assert PRECISIONS == ("float32", "bfloat16")
   assert Config().precision == "float32" and parse([]).precision == "float32"
@@ -432,7 +433,7 @@ def test_precision_bfloat16_run_records_it(monkeypatch, tmp_path):
   # oneDNN when its kernels are already built in this process's cache, else XLA.
   assert resolved["precision"] == "bfloat16"
   assert ((resolved["step_conv"], resolved["step_conv_reason"])
-          == step_lib._resolve_conv_why("auto", None))
+          == kernel_step._resolve_conv_why("auto", None))
   # "auto" BatchNorm is Flax's.
   assert resolved["step_batch_norm"] == "flax"
   assert json.loads((out / "config.json").read_text())["precision"] == "bfloat16"

@@ -1,0 +1,211 @@
+"""The one configuration of a training run: :class:`Config`, every field defined once.
+
+A run is fully described by a ``Config``: its fields, defaults and help are
+defined here and nowhere else (``python -m experiments.train`` generates one
+flag per field). A paper recipe (:mod:`experiments.configs.recipes`) is a
+``Config`` too; ``--budget`` picks its length (``paper``: the published
+protocol, ``quick``: a few CPU minutes). The loss is multiplied, not scaled
+(``loss_multiplier``).
+
+Example (your own config, as a function a script can import):
+  >>> from experiments.configs import Config
+  >>> def get_config():
+  ...   return Config(model="resnet56", use_bn=False, optimizer="adamprox", lr=5e-4,
+  ...                 weight_decay=5e-5, convention="paper", epochs=300, dataset="cifar10")
+  >>> get_config().replace(epochs=3).epochs
+  3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+OPTIMIZERS = ("adam_l2", "adamw", "adamprox", "sgd_l2", "sgdw", "sgdprox",
+              "sgd", "momentum", "adagrad", "rmsprop", "adam")
+ALIASES = OPTIMIZERS[:6]
+L2_COUPLED = ("adam_l2", "sgd_l2")  # weight_decay is the L2 coefficient as is
+SCHEDULES = ("constant", "cosine", "cosine_epoch", "step", "plateau", "warmup_cosine")
+REGULARIZERS = ("none", "l1", "group_lasso")
+CONVENTIONS = ("optax", "paper")
+IMPLS = ("auto", "plain", "nofusion", "blockwise")
+CONVS = ("auto", "xla", "onednn")
+BATCH_NORMS = ("auto", "onednn", "flax")
+RELUS = ("auto", "onednn", "xla")
+PRECISIONS = ("float32", "bfloat16")
+BUDGETS = ("quick", "paper")
+
+# Fields that do not change the numbers a run produces: they may differ
+# between a run and its resumption.
+NON_SEMANTIC = ("out", "overwrite", "progress", "data_dir", "distributed", "log_every",
+                "eval_every", "save_predictions")
+
+
+class ConfigError(ValueError):
+  """Bad input; the message names the flag and the fix."""
+
+
+def _field(default, help: str, flag: str | None = None, choices: tuple | None = None):
+  """A field with its command-line help (and flag name, if not the field's, and
+  the choices the parser enforces)."""
+  meta = {"help": help} | ({"flag": flag} if flag else {}) | (
+      {"choices": choices} if choices else {})
+  return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Every setting of a training run, with its default and its help: the only place
+  they are defined (``python -m experiments.train`` builds its flags from them)."""
+  # data
+  dataset: str = _field("sample", "cifar10 | cifar100 | npz:DIR | sample")
+  data_dir: str | None = _field(None, "tensorflow-datasets data_dir")
+  train_subset: int | None = _field(None, "train on N images only")
+  test_subset: int | None = _field(None, "evaluate on a fixed random N test images")
+  val_size: int = _field(0, "hold out N training images as a validation split")
+  augment: bool = _field(True, "random crop + flip")
+  # model
+  model: str = _field("resnet20", "resnet20 | resnet32 | ... | resnet218 | densenet_bc100 "
+                      "(experiments.models.MODELS)")
+  use_bn: bool = _field(True, "BatchNorm layers (--no-bn removes them)", flag="bn")
+  zero_init_residual: bool = _field(
+      False, "ResNets: zero the last conv of every residual branch (trains deep no-BN nets in "
+      "short runs; not the paper's init)")
+  # optimizer
+  optimizer: str = _field("adamw", " | ".join(OPTIMIZERS))
+  lr: float = _field(1e-3, "base learning rate alpha")
+  weight_decay: float = _field(
+      0.0, "decay coefficient in --convention units; for adam_l2/sgd_l2 the L2 coefficient; "
+      "for the classic optimizers a decoupled decay")
+  convention: str = _field("optax", "optax: per-step decay lr_t*wd; paper: lambda*lr_t/alpha")
+  momentum: float = _field(0.9, "momentum of sgd_l2/sgdw/sgdprox/momentum")
+  schedule: str = _field("constant", " | ".join(SCHEDULES))
+  step_every: int | None = _field(None, "schedule=step: epochs between decays (default epochs//3)")
+  decay_factor: float = _field(0.1, "schedule=step/plateau: multiplier per decay")
+  warmup_epochs: float | None = _field(
+      None, "schedule=warmup_cosine: warm-up length (default 5%% of the run)")
+  patience: int = _field(10, "schedule=plateau: epochs without improvement")
+  regularizer: str = _field("none", "extra proximal term on conv/dense kernels: none | l1 | "
+                            "group_lasso (per output filter/unit)")
+  reg_strength: float = _field(0.0, "the regularizer's lambda")
+  skip_nonfinite: bool = _field(
+      False, "skip steps with a NaN/Inf gradient (optax.apply_if_finite) and count them")
+  max_consecutive_skips: int = _field(
+      10, "with --skip-nonfinite, stop after this many skipped steps in a row")
+  # objective and length
+  loss_multiplier: float = _field(1.0, "multiply the loss (the paper's test: 10, 100)")
+  epochs: int = _field(10, "epochs to train")
+  batch_size: int = _field(128, "global batch size")
+  eval_batch_size: int = _field(500, "evaluation batch size")
+  eval_every: int = _field(
+      1, "epochs between test-set evaluations; the last epoch is always evaluated and the "
+      "validation split every epoch")
+  save_predictions: bool = _field(
+      False, "write test_predictions.npz (per-example predicted class and label) at every "
+      "test evaluation: the paired comparison of two runs needs them")
+  max_steps: int | None = _field(None, "stop after N steps in total")
+  seed: int = _field(0, "data order and augmentation seed")
+  init_seed: int | None = _field(None, "model initialisation seed (default: --seed)")
+  # diagnostics and precision
+  update_hist: bool = _field(True, "histogram the update magnitudes")
+  precision: str = _field(
+      "float32", choices=PRECISIONS, help="compute dtype: float32, or bfloat16 mixed precision as on TPU/GPU (bfloat16 "
+      "convolutions and activations; float32 weights, gradients, optimizer state, BatchNorm "
+      "statistics and loss)")
+  # The CPU speed layer (experiments.kernels, reached through
+  # experiments.training.loop.make_steps): read only on a CPU backend, or when
+  # set to a value only the kernels provide; the plain step ignores them.
+  impl: str = _field("auto", "CPU train-step implementation: " + " | ".join(IMPLS)
+                     + " (auto: the fastest measured here; plain off CPU)")
+  conv: str = _field("auto", "CPU convolution kernels: " + " | ".join(CONVS) + " (auto: oneDNN "
+                     "on one CPU device if already built by `python -m experiments.kernels "
+                     "build`, else XLA; onednn builds them on first use)")
+  batch_norm: str = _field("auto", choices=BATCH_NORMS, help="CPU train-mode BatchNorm: "
+                           + " | ".join(BATCH_NORMS) + " (auto: oneDNN's with oneDNN convolutions in float32)")
+  relu: str = _field("auto", choices=RELUS, help="CPU ReLUs and residual adds of the ResNet blocks: "
+                     + " | ".join(RELUS) + " (auto: fused into oneDNN's kernels with oneDNN "
+                     "convolutions)")
+  # bookkeeping
+  recipe: str | None = _field(None, "a paper recipe (python -m experiments.configs lists "
+                              "them); explicit flags override its values")
+  budget: str | None = _field(None, choices=BUDGETS, help="a recipe's length: paper (the published protocol, "
+                              "default) or quick (CPU minutes)")
+  out: str | None = _field(None, "output directory (default runs/<model>-<bn|nobn>-<optimizer>"
+                           "-s<seed>)")
+  overwrite: bool = _field(False, "replace an --out holding another config")
+  progress: bool | None = _field(None, "progress bar (default: when stderr is a terminal)")
+  log_every: int = _field(50, "steps between host reads of the metrics")
+  distributed: bool = _field(
+      False, "multi-host: call jax.distributed.initialize() first (run the same command on "
+      "every host)")
+
+  def replace(self, **changes) -> "Config":
+    unknown = sorted(set(changes) - FIELDS)
+    if unknown:
+      raise ConfigError(f"unknown config field(s) {', '.join(unknown)}; valid: "
+                        f"{', '.join(sorted(FIELDS))}.")
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "Config":
+    """A config from a saved ``config.json`` (fields added later take defaults)."""
+    return cls(**{k: v for k, v in d.items() if k in FIELDS})
+
+  def semantic(self) -> dict[str, Any]:
+    """The fields that determine the run's numbers."""
+    return {k: v for k, v in self.to_dict().items() if k not in NON_SEMANTIC}
+
+
+FIELDS = frozenset(f.name for f in dataclasses.fields(Config))
+
+
+def _choice(name: str, value: Any, choices) -> None:
+  if value not in choices:
+    raise ConfigError(
+        f"unknown {name} {value!r}; valid choices: {', '.join(map(str, choices))}.")
+
+
+def validate(cfg: Config) -> None:
+  """Raises :class:`ConfigError` naming the flag and the fix."""
+  from experiments.input_pipeline import DATASET_CHOICES, TFDS_DATASETS
+  from experiments.models import MODELS
+
+  _choice("model", cfg.model, MODELS)
+  _choice("optimizer", cfg.optimizer, OPTIMIZERS)
+  _choice("schedule", cfg.schedule, SCHEDULES)
+  _choice("convention", cfg.convention, CONVENTIONS)
+  _choice("regularizer", cfg.regularizer, REGULARIZERS)
+  _choice("impl", cfg.impl, IMPLS)
+  _choice("conv", cfg.conv, CONVS)
+  _choice("batch_norm", cfg.batch_norm, BATCH_NORMS)
+  _choice("relu", cfg.relu, RELUS)
+  _choice("precision", cfg.precision, PRECISIONS)
+  ds = cfg.dataset
+  if not (ds in TFDS_DATASETS or ds == "sample" or (ds.startswith("npz:") and len(ds) > 4)):
+    raise ConfigError(f"unknown dataset {ds!r}; valid choices: {', '.join(DATASET_CHOICES)}.")
+  for k in ("epochs", "batch_size", "eval_batch_size", "eval_every", "log_every"):
+    v = getattr(cfg, k)
+    if not isinstance(v, int) or v < 1:
+      raise ConfigError(f"--{k.replace('_', '-')} must be a positive int, got {v!r}.")
+  for k in ("train_subset", "test_subset", "max_steps", "step_every"):
+    v = getattr(cfg, k)
+    if v is not None and v < 1:
+      raise ConfigError(f"--{k.replace('_', '-')} must be >= 1, got {v!r}.")
+  if cfg.val_size < 0:
+    raise ConfigError(f"--val-size must be >= 0, got {cfg.val_size!r}.")
+  if not cfg.lr > 0:
+    raise ConfigError(f"--lr must be > 0, got {cfg.lr!r}.")
+  for k in ("weight_decay", "reg_strength"):
+    if not getattr(cfg, k) >= 0:
+      raise ConfigError(f"--{k.replace('_', '-')} must be >= 0, got {getattr(cfg, k)!r}.")
+  if not (cfg.loss_multiplier > 0 and math.isfinite(cfg.loss_multiplier)):
+    raise ConfigError(
+        f"--loss-multiplier must be a positive number, got {cfg.loss_multiplier!r}.")
+  if cfg.regularizer != "none" and not cfg.reg_strength > 0:
+    raise ConfigError(f"--regularizer {cfg.regularizer} needs --reg-strength > 0.")
+  if not 0 <= cfg.momentum < 1:
+    raise ConfigError(f"--momentum must be in [0, 1), got {cfg.momentum!r}.")
