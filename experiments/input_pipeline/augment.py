@@ -1,7 +1,7 @@
 """Augmentation and normalisation of CIFAR batches, on the device.
 
 Jittable functions of a PRNG key, called inside the train step
-(:mod:`experiments.steps.train_step`) so that the host only ships uint8
+(:mod:`experiments.training.train_step`) so that the host only ships uint8
 batches: random crop of the 4-pixel zero-padded image and a random horizontal
 flip, then per-channel standardisation.
 """

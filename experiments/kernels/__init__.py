@@ -38,3 +38,5 @@ def keep_freed_host_memory() -> str:
   from experiments.kernels import host_memory
 
   return host_memory.keep_freed_memory_on_cpu()
+
+__all__ = ["OneDNNUnavailable", "keep_freed_host_memory", "make_steps"]

@@ -81,7 +81,7 @@ def chunked_wgrad_conv(chunk: int = 8) -> Callable[..., jax.Array]:
   """A drop-in ``lax.conv_general_dilated`` with a batch-chunked weight gradient.
 
   Pass it as ``nnx.Conv(..., conv_general_dilated=chunked_wgrad_conv(8))`` or
-  let :func:`experiments.steps.train_step.make_train_step` install it. Falls back to the
+  let :func:`experiments.kernels.train_step.make_train_step` install it. Falls back to the
   plain convolution when the batch is not a multiple of ``2 * chunk`` or when
   features it does not handle are requested (batch groups, output sharding,
   a preferred element type).

@@ -55,7 +55,6 @@ import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -67,8 +66,8 @@ from experiments.kernels.fastconv import with_chunked_wgrad
 from experiments.kernels.fused_relu import has_fusable_layers, with_fused_relu
 from experiments.training import train_step as plain
 from experiments.training.train_step import (
-    DATA_AXIS, TrainState, check_batch, check_mesh, create_train_state, keep_stats_if_nonfinite,
-    loss_and_metrics, split, state_to_model, train_view)
+    DATA_AXIS, TrainState, check_mesh, create_train_state, keep_stats_if_nonfinite,
+    loss_and_metrics, split, state_to_model, model_view)
 
 # The fastest implementation measured per (backend, conv, batch norm or "none"
 # without BN) (benchmarks/results/train_step.json, docs/results/step_vs_depth.json).
@@ -355,7 +354,7 @@ def make_train_step(
   impl = _check_impl(impl, conv, batch_norm, model)
   chunk = _resolve_chunk(conv_grad_chunk, impl, conv, mesh, precision)
   loss_multiplier = float(loss_multiplier)
-  train_model = train_view(model, precision)
+  train_model = model_view(model, precision)
   if conv == "onednn":
     train_model = onednn_conv.with_onednn_convs(train_model)
   if relu == "onednn":
@@ -416,7 +415,7 @@ def make_eval_step(
     check_mesh(mesh)
   precision = _check_precision(precision, "make_eval_step")
   _check_batch_norm(batch_norm, "make_eval_step")
-  eval_model = train_view(model, precision, train=False)
+  eval_model = model_view(model, precision, train=False)
   if _resolve_conv(conv, mesh) == "onednn":
     eval_model = onednn_conv.with_onednn_convs(eval_model)
   eval_step = plain.checked_eval_step(plain.jit_eval_step(eval_model, mesh=mesh), mesh)

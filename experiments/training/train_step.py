@@ -109,7 +109,7 @@ def keep_stats_if_nonfinite(grads, new_rest, old_rest):
   return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_rest, old_rest)
 
 
-def train_view(model: nnx.Module, precision: str = "float32", train: bool = True) -> nnx.Module:
+def model_view(model: nnx.Module, precision: str = "float32", train: bool = True) -> nnx.Module:
   """`model` in train (batch statistics) or eval mode, its Flax layers computing in
   `precision` (Flax's own mixed precision: ``dtype`` casts inputs and weights, the
   weights stay float32 in ``param_dtype``, so the state is the same in both)."""
@@ -128,7 +128,7 @@ def train_view(model: nnx.Module, precision: str = "float32", train: bool = True
 
 def jit_train_step(train_model, tx, *, loss_multiplier=1.0, augment=True, mesh=None,
                    compiler_options=None):
-  """The jitted step of a model already in train mode (:func:`train_view`)."""
+  """The jitted step of a model already in train mode (:func:`model_view`)."""
   graphdef = split(train_model)[0]
 
   def train_step(state: TrainState, images, labels):
@@ -185,7 +185,7 @@ def make_train_step(model, tx, *, loss_multiplier: float = 1.0, augment: bool = 
   """
   if mesh is not None:
     check_mesh(mesh)
-  jitted = jit_train_step(train_view(model, precision), tx, loss_multiplier=float(loss_multiplier),
+  jitted = jit_train_step(model_view(model, precision), tx, loss_multiplier=float(loss_multiplier),
                           augment=augment, mesh=mesh)
   return checked_train_step(jitted, mesh)
 
@@ -196,7 +196,7 @@ def make_eval_step(model, *, mesh: Mesh | None = None, precision: str = "float32
   and the per-example ``predictions``; eval mode, no augmentation."""
   if mesh is not None:
     check_mesh(mesh)
-  return checked_eval_step(jit_eval_step(train_view(model, precision, train=False), mesh=mesh), mesh)
+  return checked_eval_step(jit_eval_step(model_view(model, precision, train=False), mesh=mesh), mesh)
 
 
 def checked_train_step(jitted, mesh):

@@ -269,6 +269,7 @@ def test_optimizer_step_bad_args():
 
 
 @pytest.mark.torch
+@pytest.mark.slow
 def test_train_step_quick_json(torch, tmp_path):
   from benchmarks import train_step
   path = tmp_path / "train.json"

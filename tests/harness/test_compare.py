@@ -47,6 +47,7 @@ def test_loss_multiplier_rejects_bad_config(bad):
     lm.run(lm.Config(**bad))
 
 
+@pytest.mark.slow  # the whole main job, CIFAR part included
 def test_compare_prints_tables_and_writes_json_and_figure(tmp_path, capsys):
   out = tmp_path / "cmp"
   assert compare.main(["--out", str(out), "--toy-steps", "40", "--epochs", "2",

@@ -55,6 +55,7 @@ def _probe(mode: str, **env) -> tuple[str, float]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+@pytest.mark.slow  # two training subprocesses
 def test_kept_memory_is_not_faulted_in_again():
   status, default_faults = _probe("default")
   assert status == "default"

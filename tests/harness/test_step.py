@@ -96,7 +96,10 @@ def assert_trees_close(a, b, rtol=2e-5, what=""):
     np.testing.assert_allclose(x, y, rtol=0, atol=rtol * scale, err_msg=what)
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["nobn", "bn"])
+# With BatchNorm: slow (the default run checks the kernels without BN and the
+# plain step with BN, test_plain_step_is_what_the_kernels_layer_runs...).
+@pytest.fixture(scope="module", params=[False, pytest.param(True, marks=pytest.mark.slow)],
+                ids=["nobn", "bn"])
 def setup(request):
   model = ResNet(8, 10, use_bn=request.param, rngs=nnx.Rngs(0))
   images, labels = _batch()
@@ -556,6 +559,7 @@ def _run_mesh_script(mode):
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # 8 devices in a subprocess
 def test_eight_device_mesh_equals_one_device():
   # With BatchNorm (its statistics are reduced across devices): the whole-step
   # jit and the blockwise step on 8 devices vs the plain step on 1 device.

@@ -233,6 +233,7 @@ def test_skip_nonfinite_skips_and_counts(monkeypatch, cache_dir, tmp_path):
   assert all(np.isfinite(v).all() for v in ck.values())
 
 
+@pytest.mark.slow
 def test_larger_epochs_extends_a_finished_constant_run(reference_run, tmp_path):
   """2 finished epochs + rerun with --epochs 3 == a 3-epoch run, bit for bit."""
   import shutil
