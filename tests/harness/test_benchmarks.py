@@ -381,11 +381,11 @@ def test_torch_free_tests_run_without_torch(tmp_path):
     else:
       passed.add(name)
   module = sys.modules[__name__]
-  tests = {n for n in dir(module)
-           if n.startswith("test_") and n != "test_torch_free_tests_run_without_torch"}
-  needs_torch = {n for n in tests
-                 if any(m.name == "torch"
-                        for m in getattr(getattr(module, n), "pytestmark", []))}
+  marks = lambda n: {m.name for m in getattr(getattr(module, n), "pytestmark", [])}
+  # The default run deselects the slow ones (pytest -m slow runs them).
+  tests = {n for n in dir(module) if n.startswith("test_")
+           and n != "test_torch_free_tests_run_without_torch" and "slow" not in marks(n)}
+  needs_torch = {n for n in tests if "torch" in marks(n)}
   # Everything not marked `torch` passed, nothing of it skipped ...
   assert passed == tests - needs_torch, (passed, skipped)
   assert len(passed) >= 8
