@@ -54,6 +54,7 @@ from experiments.study.spec import ROOT, read_summary
 from experiments.training.run_dir import read_metrics
 
 RESULTS = ROOT / "docs" / "results" / "paper_settings"
+_now = datetime.datetime.now  # the runner's clock (a test advances a fake one)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +189,7 @@ def run_study(p: Protocol, runs_dir: pathlib.Path, results: pathlib.Path = RESUL
       break
     est = estimated_seconds(run, results)
     if until is not None and est is not None and (
-        datetime.datetime.now() + datetime.timedelta(seconds=1.05 * est) > until):
+        _now() + datetime.timedelta(seconds=1.05 * est) > until):
       print(f"stop: {run.name} needs about {est / 60:.0f} min, more than is left "
             f"before {until:%H:%M}", flush=True)
       break
@@ -225,7 +226,7 @@ def _until(text: str) -> datetime.datetime:
     t = datetime.datetime.strptime(text, "%H:%M").time()
   except ValueError:
     raise argparse.ArgumentTypeError(f"--until takes HH:MM, got {text!r}") from None
-  now = datetime.datetime.now()
+  now = _now()
   at = datetime.datetime.combine(now.date(), t)
   return at if at > now else at + datetime.timedelta(days=1)
 
