@@ -34,7 +34,7 @@ import pathlib
 import numpy as np
 
 from experiments.files import write_figure, write_text
-from experiments.study.depth_report import _fmt, _ms, load_records
+from experiments.study.depth_report import _fmt, _ms, in_range_iqr_octaves, load_records
 from experiments.study.report import COLOR, LABEL
 
 CHANCE_EXIT = 0.20  # validation accuracy that counts as having left chance (10 classes)
@@ -45,18 +45,6 @@ PAIR = ("adamw", "adam_l2")
 
 def _depth(model: str) -> int:
   return int(model.replace("resnet", ""))
-
-
-def in_range_iqr_octaves(counts, edges) -> float | None:
-  """Inter-quartile range (octaves = log2 units) of a histogram with equal
-  bins between ``edges = [lo, hi]``, interpolating linearly inside a bin."""
-  c = np.asarray(counts, float)
-  if c.sum() <= 0:
-    return None
-  x = np.linspace(edges[0], edges[1], len(c) + 1)
-  cdf = np.concatenate([[0.0], np.cumsum(c)]) / c.sum()
-  q = np.interp([0.25, 0.75], cdf, x)
-  return float(q[1] - q[0])
 
 
 def run_summary(rec: dict) -> dict:
