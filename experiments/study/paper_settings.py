@@ -46,10 +46,9 @@ import time
 
 import numpy as np
 
-from experiments.configs.recipes import get_recipe
 from experiments.files import write_json
 from experiments.study.depth import CURVE_KEYS, load_result, portable_config
-from experiments.study.runner import launch_train
+from experiments.study.runner import launch_train, study_args, study_parser
 from experiments.study.spec import ROOT, read_summary
 from experiments.training.run_dir import read_metrics
 
@@ -232,30 +231,13 @@ def _until(text: str) -> datetime.datetime:
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m experiments.study.paper_settings",
-                               description=__doc__.split("\n")[0])
-  sub = ap.add_subparsers(dest="cmd", required=True)
-  for name in ("run", "status", "commands", "collect"):
-    s = sub.add_parser(name)
-    s.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu")
-    s.add_argument("--dataset", default=None,
-                   help="override the protocol's data (cifar10 | npz:DIR), e.g. "
-                   "npz:../shared/data/cifar10")
-    s.add_argument("--runs-dir", default=None, help="default runs/paper-settings-<protocol>")
-    s.add_argument("--results", default=str(RESULTS), help="the record (default %(default)s)")
-    if name == "collect":
-      s.add_argument("--report", default=str(ROOT / "docs" / "results" / "paper_settings.md"))
-      s.add_argument("--figures", default=str(ROOT / "docs" / "figures"))
-    if name == "run":
-      s.add_argument("--max-runs", type=int, default=None, help="start at most N runs")
-      s.add_argument("--until", type=_until, default=None,
-                     help="HH:MM: start no run expected to end after it")
+  ap, cmds = study_parser("python -m experiments.study.paper_settings",
+                          __doc__.split("\n")[0], PROTOCOLS, RESULTS,
+                          ROOT / "docs" / "results" / "paper_settings.md")
+  cmds["run"].add_argument("--until", type=_until, default=None,
+                           help="HH:MM: start no run expected to end after it")
   args = ap.parse_args(argv)
-  p = PROTOCOLS[args.protocol]
-  if args.dataset:
-    p = dataclasses.replace(p, dataset=args.dataset)
-  results = pathlib.Path(args.results)
-  runs_dir = pathlib.Path(args.runs_dir or ROOT / "runs" / f"paper-settings-{args.protocol}")
+  p, results, runs_dir = study_args(args, PROTOCOLS, "paper-settings")
   if args.cmd == "status":
     print(status(p, results))
     return 0
