@@ -43,6 +43,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 
 from proxopt import _checks
@@ -120,6 +121,36 @@ def _build(owner, make, learning_rate, weight_decay, mask, convention, alpha):
   return _validated(make(learning_rate, wd), owner)
 
 
+def _check_adam(b1, b2, eps, eps_root, nesterov, owner):
+  # optax.scale_by_adam accepts any value and fails (b1="0.9") or diverges
+  # (b1=1.5, eps=-1) only at `update`: refuse here, as torch.optim.Adam does.
+  _checks.check_number_in("b1", b1, owner, 0.0, 1.0, fix="Typical: b1=0.9.")
+  _checks.check_number_in("b2", b2, owner, 0.0, 1.0, fix="Typical: b2=0.999.")
+  for name, value in (("eps", eps), ("eps_root", eps_root)):
+    _checks.check_number_in(name, value, owner, 0.0, np.inf, fix="Use 0.0 for none.")
+  _checks.check_bool("nesterov", nesterov, owner)
+
+
+def _decayed_weights(weight_decay, mask, owner):
+  """``optax.add_decayed_weights`` (masked), with an array ``weight_decay``
+  checked against every leaf it decays at ``init``.
+
+  optax fails inside ``update`` with a raw broadcasting error; this names the
+  argument and the parameter's path, as adamprox's prox does.
+  """
+  tx = optax.add_decayed_weights(weight_decay)
+
+  def init_fn(params):
+    if _checks.is_concrete_array(weight_decay) and np.ndim(weight_decay) > 0:
+      # Under optax.masked, `params` holds only the decayed leaves.
+      _checks.check_broadcasts_to_leaves("weight_decay", weight_decay, params, owner)
+    return tx.init(params)
+
+  return with_checked_mask(
+      optax.GradientTransformation(init_fn, tx.update), mask, owner
+  )
+
+
 def _adam(b1, b2, eps, eps_root, mu_dtype, nesterov, track_direction):
   adam = optax.scale_by_adam(
       b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype,
@@ -130,17 +161,31 @@ def _adam(b1, b2, eps, eps_root, mu_dtype, nesterov, track_direction):
   return track_update_scales(adam) if track_direction else adam
 
 
+def _check_sgd(momentum, nesterov, owner):
+  """SGD aliases: optax.sgd's order, with the mistakes it invites refused.
+
+  ``sgdw(0.1, 0.9, 5e-4)`` puts 5e-4 in ``nesterov`` (optax.sgd's third
+  positional argument), which Python reads as True: Nesterov with the default
+  decay. A non-bool ``nesterov`` is refused with the keyword call to write.
+  """
+  if momentum is not None:
+    _checks.check_momentum(momentum, owner)
+  if not isinstance(nesterov, (bool, np.bool_)):
+    name = owner.split(".")[-1]
+    _checks.check_bool(
+        "nesterov", nesterov, owner,
+        f"The third positional argument is optax.sgd's `nesterov`; pass the "
+        f"decay by keyword: {name}(learning_rate, {momentum!r}, "
+        f"weight_decay={nesterov!r}).",
+    )
+
+
 def _momentum(momentum, nesterov, accumulator_dtype, owner):
   # As optax.sgd: None means no momentum buffer; any number (0.0 included,
   # or an injected array) keeps one, so the state structure does not depend
   # on how the value was given.
   if momentum is None:
     return optax.identity()
-  _checks.check_hyperparam("momentum", momentum, owner)
-  if _checks.is_concrete_number(momentum) and not 0.0 <= float(momentum) <= 1.0:
-    raise ValueError(
-        f"{owner}: `momentum` must be in [0, 1] or None, got {momentum!r}."
-    )
   return optax.trace(
       decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype
   )
@@ -252,13 +297,14 @@ def adam_l2(
 {REFERENCES}
   """
   owner = "proxopt.adam_l2"
+  _check_adam(b1, b2, eps, eps_root, nesterov, owner)
   decoupled_weight_decay_coefficient(  # validates `convention` and `alpha`
       weight_decay, 1.0, convention, alpha, owner
   )
 
   def make(lr, _):
     return optax.chain(
-        with_checked_mask(optax.add_decayed_weights(weight_decay), mask, owner),
+        _decayed_weights(weight_decay, mask, owner),
         _adam(b1, b2, eps, eps_root, mu_dtype, nesterov, track_direction),
         optax.scale_by_learning_rate(lr),
     )
@@ -311,11 +357,12 @@ def adamw(
 {REFERENCES}
   """
   owner = "proxopt.adamw"
+  _check_adam(b1, b2, eps, eps_root, nesterov, owner)
 
   def make(lr, wd):
     return optax.chain(
         _adam(b1, b2, eps, eps_root, mu_dtype, nesterov, track_direction),
-        with_checked_mask(optax.add_decayed_weights(wd), mask, owner),
+        _decayed_weights(wd, mask, owner),
         optax.scale_by_learning_rate(lr),
     )
 
@@ -370,6 +417,7 @@ def adamprox(
 {REFERENCES}
   """
   owner = "proxopt.adamprox"
+  _check_adam(b1, b2, eps, eps_root, nesterov, owner)
 
   def make(lr, wd):
     return optax.chain(
@@ -421,11 +469,12 @@ def sgd_l2(
     L2 vs decoupled comparison; Loshchilov and Hutter, ICLR 2019.
   """
   owner = "proxopt.sgd_l2"
+  _check_sgd(momentum, nesterov, owner)
   decoupled_weight_decay_coefficient(weight_decay, 1.0, convention, alpha, owner)
 
   def make(lr, _):
     return optax.chain(
-        with_checked_mask(optax.add_decayed_weights(weight_decay), mask, owner),
+        _decayed_weights(weight_decay, mask, owner),
         _momentum(momentum, nesterov, accumulator_dtype, owner),
         optax.scale_by_learning_rate(lr),
     )
@@ -469,11 +518,12 @@ def sgdw(
     Loshchilov and Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
   """
   owner = "proxopt.sgdw"
+  _check_sgd(momentum, nesterov, owner)
 
   def make(lr, wd):
     return optax.chain(
         _momentum(momentum, nesterov, accumulator_dtype, owner),
-        with_checked_mask(optax.add_decayed_weights(wd), mask, owner),
+        _decayed_weights(wd, mask, owner),
         optax.scale_by_learning_rate(lr),
     )
 
@@ -518,6 +568,7 @@ def sgdprox(
     Zhuang, Liu, Cutkosky, Orabona, TMLR 2022 (arXiv 2202.00089).
   """
   owner = "proxopt.sgdprox"
+  _check_sgd(momentum, nesterov, owner)
 
   def make(lr, wd):
     return optax.chain(

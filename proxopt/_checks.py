@@ -32,16 +32,23 @@ def is_concrete_array(value: Any) -> bool:
 
 
 def check_nonnegative(name: str, value: Any, owner: str, fix: str = "") -> None:
-  """Raises ValueError if a concrete `value` has a negative or NaN entry.
+  """Raises ValueError if a concrete `value` has a negative, NaN or inf entry.
 
   Scalars and arrays are checked; schedules (callables) and traced values
-  (e.g. from `optax.inject_hyperparams` under jit) cannot be and pass.
+  (e.g. from `optax.inject_hyperparams` under jit) cannot be and pass. An
+  infinite coefficient or step size turns parameters into NaN/inf (``inf *
+  0``, ``x / inf``), so it is refused like NaN.
   """
   hint = f" {fix}" if fix else ""
   if is_concrete_number(value):
     v = float(value)
     if not v >= 0.0:  # also catches NaN
       raise ValueError(f"{owner}: `{name}` must be >= 0, got {v!r}.{hint}")
+    if v == np.inf:
+      raise ValueError(
+          f"{owner}: `{name}` must be finite, got {v!r}; an infinite value "
+          "turns the parameters into NaN/inf. Use a large finite number."
+      )
     return
   if is_concrete_array(value):
     arr = np.asarray(value)
@@ -58,6 +65,12 @@ def check_nonnegative(name: str, value: Any, owner: str, fix: str = "") -> None:
       raise ValueError(
           f"{owner}: `{name}` must be >= 0 everywhere, got {arr[first]!r} at "
           f"index {first}.{hint}"
+      )
+    if np.any(np.isinf(arr)):
+      first = tuple(int(i) for i in np.argwhere(np.isinf(arr))[0])
+      raise ValueError(
+          f"{owner}: `{name}` must be finite everywhere, got inf at index "
+          f"{first}; an infinite value turns the parameters into NaN/inf."
       )
 
 
@@ -80,9 +93,67 @@ def check_hyperparam(
   if not ok:
     example = "1e-3" if name == "learning_rate" else "0.1"
     raise TypeError(
-        f"{owner}: `{name}` must be a number, a scalar array or a schedule "
+        f"{owner}: `{name}` must be a number, an array or a schedule "
         f"(a function count -> value), got {value!r} of type "
         f"{type(value).__name__}. Pass e.g. {name}={example}."
+    )
+
+
+def check_number_in(
+    name: str,
+    value: Any,
+    owner: str,
+    low: float,
+    high: float,
+    *,
+    high_open: bool = True,
+    fix: str = "",
+) -> None:
+  """Checks a number-only hyper-parameter (``b1``, ``b2``, ``momentum``).
+
+  Raises TypeError unless `value` is a real number or array (no strings,
+  ``None`` or schedules: optax would fail at ``update`` with an unrelated
+  message), and ValueError if a concrete entry lies outside ``[low, high)``
+  (``[low, high]`` with ``high_open=False``). Traced values pass.
+  """
+  if isinstance(value, jax.core.Tracer):
+    return
+  number = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+  if not (number or isinstance(value, (np.ndarray, jax.Array))) or not np.issubdtype(
+      np.asarray(value).dtype, np.number
+  ) or np.iscomplexobj(value):
+    raise TypeError(
+        f"{owner}: `{name}` must be a real number, got {value!r} of type "
+        f"{type(value).__name__}.{(' ' + fix) if fix else ''}"
+    )
+  arr = np.asarray(value, np.float64)
+  inside = (arr >= low) & ((arr < high) if high_open else (arr <= high))
+  if not np.all(inside):
+    bracket = ")" if high_open else "]"
+    raise ValueError(
+        f"{owner}: `{name}` must be in [{low:g}, {high:g}{bracket}, got "
+        f"{value!r}.{(' ' + fix) if fix else ''}"
+    )
+
+
+def check_momentum(momentum: Any, owner: str) -> None:
+  """One rule for every momentum in proxopt (aliases and `classic`): [0, 1).
+
+  ``momentum=1`` never forgets a gradient (the buffer is their running sum),
+  which no training means; ``None`` (no buffer) is handled by the caller.
+  """
+  check_number_in(
+      "momentum", momentum, owner, 0.0, 1.0,
+      fix="Typical: 0.9; None for no momentum buffer.",
+  )
+
+
+def check_bool(name: str, value: Any, owner: str, fix: str = "") -> None:
+  """Raises TypeError unless `value` is a Python or NumPy bool."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(
+        f"{owner}: `{name}` must be True or False, got {value!r} of type "
+        f"{type(value).__name__}.{(' ' + fix) if fix else ''}"
     )
 
 
@@ -108,6 +179,25 @@ def check_float_params(params: Any, owner: str) -> None:
           "Cast it to a float dtype (e.g. `x.astype(jnp.float32)`) or keep it "
           "out of the optimized tree (e.g. with `optax.multi_transform` or "
           "`nnx.Optimizer(..., wrt=nnx.Param)`)."
+      )
+
+
+def check_broadcasts_to_leaves(name: str, value: Any, params: Any, owner: str) -> None:
+  """Raises ValueError naming the first leaf that array `value` does not broadcast to."""
+  shape = tuple(np.shape(value))
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    target = tuple(np.shape(leaf))
+    try:
+      ok = np.broadcast_shapes(shape, target) == target
+    except ValueError:
+      ok = False
+    if not ok:
+      where = jax.tree_util.keystr(path) or "<root>"
+      raise ValueError(
+          f"{owner}: `{name}` has shape {shape}, which does not broadcast to "
+          f"the parameter at path {where} of shape {target}. Use a scalar, an "
+          "array that broadcasts to every decayed leaf, or a `mask=` that "
+          "leaves the other leaves out."
       )
 
 

@@ -164,8 +164,13 @@ class Regularizer:
     return out
 
   def value(self, x: Array) -> Array:
-    """R restricted to one leaf (a scalar of the leaf's dtype)."""
-    return self.value_fn(x, **self._coefficients_for(_wide(x)))
+    """R restricted to one leaf, a scalar in at least float32.
+
+    ``value_fn`` gets the leaf in at least float32: a float16 sum of squares
+    overflows (65504) long before the parameters do.
+    """
+    w = _wide(x)
+    return self.value_fn(w, **self._coefficients_for(w))
 
   def prox(self, z: Array, s: Any) -> Array:
     """``prox_{s R}(z)`` on one leaf."""
@@ -235,7 +240,9 @@ def _coefficient(name: str, value: Any, owner: str) -> Any:
 
 
 def _soft_threshold(z: Array, t: Array) -> Array:
-  return jnp.sign(z) * jnp.maximum(jnp.abs(z) - t, jnp.zeros_like(z))
+  # Thresholded entries are +0, as the update form gives (x + (-x) = +0);
+  # sign(z) * 0 would give -0 for negative z.
+  return jnp.where(jnp.abs(z) > t, z - t * jnp.sign(z), jnp.zeros_like(z))
 
 
 def _keep_base_where(t: Array, u: Array, v: Array) -> Array:
@@ -475,7 +482,8 @@ def _group_lasso_functions(axis):
     # Guard the division: a group at or below the threshold becomes zero.
     safe = jnp.where(norm > t, norm, jnp.ones_like(norm))
     shrink = jnp.where(norm > t, 1 - t / safe, jnp.zeros_like(norm))
-    return (w * shrink).astype(z.dtype)
+    # A zeroed group is +0 (w * 0 would be -0 for negative entries).
+    return jnp.where(norm > t, w * shrink, jnp.zeros_like(w)).astype(z.dtype)
 
   def prox_update(x, u, s, lam):
     t = s * lam
@@ -653,7 +661,8 @@ def regularizer_value(
       or a callable ``params -> mask``.
 
   Returns:
-    A scalar of the widest leaf dtype.
+    A scalar of the widest leaf dtype, at least float32 (a float16 sum of
+    squares overflows at 65504).
 
   Example:
     >>> import jax.numpy as jnp, proxopt
@@ -672,6 +681,7 @@ def regularizer_value(
   # The widest leaf dtype (f32 for mixed f32/bf16 trees), also under strict.
   with jax.numpy_dtype_promotion("standard"):
     dtype = jnp.result_type(*leaves) if leaves else jnp.float32
+    dtype = jnp.promote_types(dtype, jnp.float32)
   total = jnp.zeros([], dtype=dtype)
   for x, on in zip(leaves, keep):
     if on:

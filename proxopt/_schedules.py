@@ -888,12 +888,8 @@ def classic(
         f"{owner}: {name!r} takes only `momentum`; got extra arguments "
         f"{sorted(optax_kwargs)}."
     )
-  _checks.check_hyperparam("momentum", momentum, owner)
+  _checks.check_momentum(momentum, owner)  # traced (injected) values pass
   _checks.check_hyperparam("weight_decay", weight_decay, owner)
-  # Concrete values are checked here; injected (traced) ones cannot be.
-  if (name in ("momentum", "nesterov") and _checks.is_concrete_number(momentum)
-      and not 0 <= float(momentum) < 1):
-    raise ValueError(f"{owner}: `momentum` must be in [0, 1), got {momentum!r}.")
   _checks.check_nonnegative("weight_decay", weight_decay, owner)
   # A Python 0 adds no decay link; an array (as inject_hyperparams passes,
   # concrete at init and traced in update) or a schedule always does, so the
