@@ -11,6 +11,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 
 def is_concrete_number(value: Any) -> bool:
@@ -182,10 +183,13 @@ def check_float_params(params: Any, owner: str) -> None:
       )
 
 
-def check_broadcasts_to_leaves(name: str, value: Any, params: Any, owner: str) -> None:
+def check_broadcasts_to_leaves(
+    name: str, value: Any, params: Any, owner: str, prefix: Any = ()
+) -> None:
   """Raises ValueError naming the first leaf that array `value` does not broadcast to."""
   shape = tuple(np.shape(value))
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    path = tuple(prefix) + tuple(path)
     target = tuple(np.shape(leaf))
     try:
       ok = np.broadcast_shapes(shape, target) == target
@@ -243,6 +247,98 @@ def check_mask_argument(mask: Any, owner: str) -> None:
     )
 
 
+def _is_masked_node(x: Any) -> bool:
+  # Inside optax.masked the unselected leaves are MaskedNode (an empty node).
+  return isinstance(x, optax.MaskedNode)
+
+
+def check_tree_prefix(name: str, tree: Any, params: Any, owner: str, fix: str) -> None:
+  """Checks that `tree` is `params`' structure or a prefix of it, naming paths.
+
+  jax.tree.map fails with a message that does not say which entry is wrong;
+  this names the first path `tree` has and params lack, or the first
+  parameter leaf that `tree` does not cover.
+  """
+  is_leaf = lambda x: x is None or _is_masked_node(x)
+  tree_leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)
+  param_leaves, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_leaf)
+  param_paths = [tuple(p) for p, _ in param_leaves]
+  # Sets of prefixes keep this linear in the number of leaves (big models).
+  param_prefixes = {p[:i] for p in param_paths for i in range(len(p) + 1)}
+  tree_paths = set()
+  for path, _ in tree_leaves:
+    path = tuple(path)
+    if path not in param_prefixes:
+      raise ValueError(
+          f"{owner}: `{name}` does not match params: the {name} has an entry at path "
+          f"{jax.tree_util.keystr(path) or '<root>'} that params do not have. "
+          f"{fix}"
+      )
+    tree_paths.add(path)
+  for p in param_paths:
+    if not any(p[:i] in tree_paths for i in range(len(p) + 1)):
+      raise ValueError(
+          f"{owner}: `{name}` does not match params: params have a leaf at path "
+          f"{jax.tree_util.keystr(p)} that the {name} does not cover. {fix}"
+      )
+  # Same paths but different containers (a plain dict on flax FrozenDict
+  # params): jax.tree.map would fail.
+  try:
+    jax.tree.map(lambda m, *_: m, tree, params)
+  except ValueError:
+    raise TypeError(
+        f"{owner}: `{name}` has the right keys but not the same container "
+        f"types as params (`{name}` is a {type(tree).__name__}, params a "
+        f"{type(params).__name__}, e.g. a plain dict for flax FrozenDict "
+        "params). Build it with the params' own types, e.g. "
+        "`jax.tree.map(lambda x: ..., params)`, or convert it "
+        f"(`flax.core.freeze({name})`)."
+    ) from None
+
+
+def is_coefficient_tree(value: Any) -> bool:
+  """True for a pytree of per-leaf values (a dict, list, ... of numbers)."""
+  if value is None or callable(value) or isinstance(value, jax.core.Tracer):
+    return False
+  if isinstance(value, (int, float, np.number, np.ndarray, jax.Array)):
+    return False
+  return not jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(value))
+
+
+def check_coefficient(name: str, value: Any, owner: str, fix: str = "") -> None:
+  """A coefficient: a number, an array, a schedule, or a pytree of them.
+
+  A pytree (e.g. ``{"w": 0.1, "b": 0.0}``) gives each parameter leaf its own
+  value, as jaxopt's proximal operators do; its structure is checked against
+  params (:func:`check_tree_prefix`) when they are known.
+  """
+  if not is_coefficient_tree(value):
+    check_hyperparam(name, value, owner)
+    check_nonnegative(name, value, owner, fix)
+    return
+  for path, leaf in jax.tree_util.tree_flatten_with_path(value)[0]:
+    where = f"{name}{jax.tree_util.keystr(path)}"
+    check_hyperparam(where, leaf, owner)
+    check_nonnegative(where, leaf, owner, fix)
+
+
+def leaf_values(name: str, value: Any, params: Any, owner: str) -> list:
+  """One value per leaf of `params`: a coefficient tree broadcast, or `value` repeated."""
+  n = len(jax.tree.leaves(params))
+  if not is_coefficient_tree(value):
+    return [value] * n
+  check_tree_prefix(
+      name, value, params, owner,
+      f"Give `{name}` the structure of params (or a prefix of it), e.g. "
+      f"`{name}=jax.tree.map(lambda x: 0.1, params)`; use 0 where it "
+      "should not act, or a `mask=`.",
+  )
+  full = jax.tree.map(lambda c, sub: jax.tree.map(lambda _: c, sub), value, params)
+  out = jax.tree.leaves(full)
+  assert len(out) == n
+  return out
+
+
 def check_mask(mask: Any, params: Any, owner: str) -> None:
   """Checks that `mask` (a pytree of bools) is `params` or a prefix of it.
 
@@ -250,14 +346,7 @@ def check_mask(mask: Any, params: Any, owner: str) -> None:
   say which entry is wrong; this names the first mismatching path.
   """
   is_none = lambda x: x is None
-  mask_leaves, _ = jax.tree_util.tree_flatten_with_path(mask, is_leaf=is_none)
-  param_leaves, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_none)
-  param_paths = [tuple(p) for p, _ in param_leaves]
-  # Sets of prefixes keep this linear in the number of leaves (big models).
-  param_prefixes = {p[:i] for p in param_paths for i in range(len(p) + 1)}
-  mask_paths = set()
-  for path, leaf in mask_leaves:
-    path = tuple(path)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(mask, is_leaf=is_none)[0]:
     where = jax.tree_util.keystr(path) or "<root>"
     is_bool_array = hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.bool_)
     if is_bool_array and np.ndim(leaf) > 0:
@@ -274,31 +363,7 @@ def check_mask(mask: Any, params: Any, owner: str) -> None:
           f"{owner}: mask leaf at path {where} is "
           f"{leaf!r}; mask leaves must be booleans (True = apply)."
       )
-    if path not in param_prefixes:
-      raise ValueError(
-          f"{owner}: `mask` does not match params: the mask has an entry at "
-          f"path {where} that params do not have. {_MASK_FIX}"
-      )
-    mask_paths.add(path)
-  for p in param_paths:
-    if not any(p[:i] in mask_paths for i in range(len(p) + 1)):
-      raise ValueError(
-          f"{owner}: `mask` does not match params: params have a leaf at path "
-          f"{jax.tree_util.keystr(p)} that the mask does not cover. {_MASK_FIX}"
-      )
-  # Same paths but different containers (a plain dict mask on flax
-  # FrozenDict params): optax.masked would fail inside jax.tree.map.
-  try:
-    jax.tree.map(lambda m, *_: m, mask, params)
-  except ValueError:
-    raise TypeError(
-        f"{owner}: `mask` has the right keys but not the same container types "
-        f"as params (mask is a {type(mask).__name__}, params a "
-        f"{type(params).__name__}, e.g. a plain dict mask for flax FrozenDict "
-        "params). Build the mask with the params' own types, e.g. "
-        "`mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)`, or convert "
-        "it (`flax.core.freeze(mask)`)."
-    ) from None
+  check_tree_prefix("mask", mask, params, owner, _MASK_FIX)
 
 
 def resolve_mask(mask: Any | Callable[[Any], Any], params: Any) -> Any:
