@@ -33,11 +33,8 @@ the decay and the prox; the metric is fed once per evaluation with
   ...
   opt_state = plateau.observe(opt_state, val_loss)   # torch: scheduler.step(val_loss)
 
-Classic optimizers: :func:`classic` builds ``sgd``, ``momentum``,
-``nesterov``, ``adagrad``, ``rmsprop`` or ``adam`` from Optax, optionally
-followed by :func:`proxopt.decoupled_weight_decay` and/or
-:func:`proxopt.proximal`, all reading one step size (a float, a schedule, or a
-plateau).
+Classic optimizers driven by these schedules are :func:`proxopt.classic`
+(``proxopt._classic``).
 """
 
 from __future__ import annotations
@@ -52,13 +49,7 @@ import numpy as np
 import optax
 
 from proxopt import _checks
-from proxopt._proximal import (
-    MaskOrFn,
-    ScalarOrSchedule,
-    decoupled_weight_decay,
-    proximal,
-)
-from proxopt._regularizers import Regularizer
+from proxopt._proximal import ScalarOrSchedule
 
 Schedule = Callable[[jax.Array], jax.Array]
 
@@ -784,135 +775,3 @@ def reduce_on_plateau(
       min_scale=min_scale,
       eps=float(eps),
   )
-
-
-# ---------------------------------------------------------------------------
-# Classic optimizers.
-
-CLASSIC_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam")
-
-
-def _classic_base(name: str, learning_rate, momentum: float, kwargs):
-  if name == "sgd":
-    return optax.sgd(learning_rate, **kwargs)
-  if name == "momentum":
-    return optax.sgd(learning_rate, momentum=momentum, **kwargs)
-  if name == "nesterov":
-    return optax.sgd(learning_rate, momentum=momentum, nesterov=True, **kwargs)
-  return getattr(optax, name)(learning_rate, **kwargs)
-
-
-def classic(
-    name: str,
-    learning_rate: ScalarOrSchedule | ReduceOnPlateau,
-    *,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
-    regularizer: Regularizer | None = None,
-    mask: MaskOrFn = None,
-    **optax_kwargs: Any,
-) -> optax.GradientTransformationExtraArgs:
-  r"""A classic Optax optimizer, optionally with decoupled decay and a prox.
-
-  Builds ``optax.chain(base, decoupled_weight_decay(weight_decay, s),
-  proximal(regularizer, s))`` where ``base`` is, by ``name``:
-
-  ============  =====================================================
-  ``sgd``       ``optax.sgd(s)``
-  ``momentum``  ``optax.sgd(s, momentum=momentum)`` (heavy ball)
-  ``nesterov``  ``optax.sgd(s, momentum=momentum, nesterov=True)``
-  ``adagrad``   ``optax.adagrad(s, **optax_kwargs)``
-  ``rmsprop``   ``optax.rmsprop(s, **optax_kwargs)``
-  ``adam``      ``optax.adam(s, **optax_kwargs)``
-  ============  =====================================================
-
-  The decay (``x <- x - s_t * weight_decay * x``, the optax/PyTorch
-  convention) is added only if ``weight_decay > 0``, the prox only if
-  ``regularizer`` is given; both read the same step size as the base.
-  ``learning_rate`` may be a float, an Optax schedule, or a
-  :func:`reduce_on_plateau` (then the chain is wrapped in
-  ``optax.inject_hyperparams`` so that one ``s_t`` drives all three; feed the
-  metric with ``plateau.observe(opt_state, metric)``).
-
-  With :math:`u_t` the base update at step size :math:`s_t`, :math:`\mathrm{wd}`
-  = ``weight_decay`` and :math:`R` the regularizer, one step is
-
-  .. math::
-     x_t = \operatorname{prox}_{s_t R}\bigl(x_{t-1} + u_t - s_t\,\mathrm{wd}\,x_{t-1}\bigr).
-
-  Args:
-    name: the base optimizer, one of :data:`CLASSIC_OPTIMIZERS` (``"sgd"``,
-      ``"momentum"``, ``"nesterov"``, ``"adagrad"``, ``"rmsprop"``,
-      ``"adam"``).
-    learning_rate: the step size :math:`s_t`: a float, an Optax schedule or a
-      :func:`reduce_on_plateau`.
-    momentum: the momentum of ``"momentum"`` and ``"nesterov"`` (ignored by
-      the others).
-    weight_decay: the decoupled decay coefficient (Optax/PyTorch
-      convention), :math:`\ge 0`; 0 adds no decay.
-    regularizer: a :class:`Regularizer` whose prox follows the step, or
-      ``None``.
-    mask: a pytree of bools or a callable ``params -> pytree of bools``
-      selecting the leaves the decay and the prox apply to (``None``: all).
-    **optax_kwargs: passed to the Optax constructor of ``adagrad``,
-      ``rmsprop`` or ``adam`` (e.g. ``eps=0.0``).
-
-  Returns:
-    An ``optax.GradientTransformationExtraArgs``; ``update`` needs
-    ``params``.
-
-  Raises:
-    ValueError: on an unknown ``name`` or invalid hyper-parameters.
-
-  Example (proximal Nesterov with L1 under step decay):
-    >>> import jax.numpy as jnp, optax, proxopt
-    >>> sched = proxopt.step_decay(0.1, 0.5, every_epochs=30, steps_per_epoch=100)
-    >>> tx = proxopt.classic("nesterov", sched, regularizer=proxopt.l1(1.0))
-    >>> params = {"w": jnp.array([0.05, 2.0])}
-    >>> updates, state = tx.update({"w": jnp.zeros(2)}, tx.init(params), params)
-    >>> optax.apply_updates(params, updates)["w"]
-    Array([0. , 1.9], dtype=float32)
-
-  References:
-    Zhuang, Liu, Cutkosky, Orabona, `Understanding AdamW through Proximal
-    Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR 2022.
-  """
-  owner = "proxopt.classic"
-  if name not in CLASSIC_OPTIMIZERS:
-    raise ValueError(
-        f"{owner}: unknown optimizer name={name!r}; choose one of "
-        f"{CLASSIC_OPTIMIZERS}."
-    )
-  if name in ("sgd", "momentum", "nesterov") and optax_kwargs:
-    raise TypeError(
-        f"{owner}: {name!r} takes only `momentum`; got extra arguments "
-        f"{sorted(optax_kwargs)}."
-    )
-  _checks.check_momentum(momentum, owner)  # traced (injected) values pass
-  _checks.check_hyperparam("weight_decay", weight_decay, owner)
-  _checks.check_nonnegative("weight_decay", weight_decay, owner)
-  # A Python 0 adds no decay link; an array (as inject_hyperparams passes,
-  # concrete at init and traced in update) or a schedule always does, so the
-  # state has one structure whatever value is injected.
-  with_decay = not (
-      isinstance(weight_decay, (int, float)) and float(weight_decay) == 0.0
-  )
-  if regularizer is not None and not isinstance(regularizer, Regularizer):
-    raise TypeError(
-        f"{owner}: `regularizer` must be a proxopt.Regularizer (e.g. "
-        f"proxopt.l1(1e-4)), got {type(regularizer).__name__}."
-    )
-
-  def build(learning_rate):
-    parts = [_classic_base(name, learning_rate, momentum, optax_kwargs)]
-    if with_decay:
-      parts.append(decoupled_weight_decay(weight_decay, learning_rate, mask=mask))
-    if regularizer is not None:
-      parts.append(proximal(regularizer, learning_rate, mask=mask))
-    return optax.with_extra_args_support(optax.chain(*parts))
-
-  if isinstance(learning_rate, optax.schedules.StatefulSchedule):
-    return optax.inject_hyperparams(build)(learning_rate=learning_rate)
-  if not callable(learning_rate):
-    _checks.check_nonnegative("learning_rate", learning_rate, owner)
-  return build(learning_rate)
