@@ -59,7 +59,7 @@ from proxopt._schedules import (
 )
 from proxopt._version import __version__
 
-# Grouped as in the API reference (docs/api.md); tests check every name is
+# Grouped as in the API reference (docs/api/*.md); tests check every name is
 # documented there.
 __all__ = (
     # optimizers

@@ -19,7 +19,7 @@ not. Every alias is an ``optax.chain`` of Optax primitives
 
 ``convention="paper"`` reads ``weight_decay`` as the paper's lambda, which
 decays by ``lambda * eta_t`` with ``eta_t = lr_t / alpha`` (``alpha`` defaults
-to a constant ``learning_rate``); see :mod:`proxopt.conventions`. Adam-L2's
+to a constant ``learning_rate``); see :func:`proxopt.paper_to_optax`. Adam-L2's
 coefficient is the same in every convention.
 
 Signatures are optax's: the Adam aliases take ``optax.adamw``'s parameters
