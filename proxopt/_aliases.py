@@ -74,7 +74,7 @@ def _validated(
 
   def update_fn(updates, state, params=None, **extra_args):
     # Every alias decays, so every alias needs params: say so up front.
-    _checks.require_params(params, owner)
+    _checks.check_params_given(params, owner)
     with jax.numpy_dtype_promotion("standard"):
       return tx.update(updates, state, params, **extra_args)
 
@@ -121,16 +121,6 @@ def _build(owner, make, learning_rate, weight_decay, mask, convention, alpha):
   return _validated(make(learning_rate, wd), owner)
 
 
-def _check_adam(b1, b2, eps, eps_root, nesterov, owner):
-  # optax.scale_by_adam accepts any value and fails (b1="0.9") or diverges
-  # (b1=1.5, eps=-1) only at `update`: refuse here, as torch.optim.Adam does.
-  _checks.check_number_in("b1", b1, owner, 0.0, 1.0, fix="Typical: b1=0.9.")
-  _checks.check_number_in("b2", b2, owner, 0.0, 1.0, fix="Typical: b2=0.999.")
-  for name, value in (("eps", eps), ("eps_root", eps_root)):
-    _checks.check_number_in(name, value, owner, 0.0, np.inf, fix="Use 0.0 for none.")
-  _checks.check_bool("nesterov", nesterov, owner)
-
-
 def _decayed_weights(weight_decay, mask, owner):
   """``optax.add_decayed_weights`` (masked), with an array ``weight_decay``
   checked against every leaf it decays at ``init``.
@@ -159,25 +149,6 @@ def _adam(b1, b2, eps, eps_root, mu_dtype, nesterov, track_direction):
   # The paper's histograms are of the Adam direction d_t, before the step size
   # and the decay; only the alias knows where d_t is in its chain.
   return track_update_scales(adam) if track_direction else adam
-
-
-def _check_sgd(momentum, nesterov, owner):
-  """SGD aliases: optax.sgd's order, with the mistakes it invites refused.
-
-  ``sgdw(0.1, 0.9, 5e-4)`` puts 5e-4 in ``nesterov`` (optax.sgd's third
-  positional argument), which Python reads as True: Nesterov with the default
-  decay. A non-bool ``nesterov`` is refused with the keyword call to write.
-  """
-  if momentum is not None:
-    _checks.check_momentum(momentum, owner)
-  if not isinstance(nesterov, (bool, np.bool_)):
-    name = owner.split(".")[-1]
-    _checks.check_bool(
-        "nesterov", nesterov, owner,
-        f"The third positional argument is optax.sgd's `nesterov`; pass the "
-        f"decay by keyword: {name}(learning_rate, {momentum!r}, "
-        f"weight_decay={nesterov!r}).",
-    )
 
 
 def _momentum(momentum, nesterov, accumulator_dtype, owner):
@@ -297,7 +268,7 @@ def adam_l2(
 {REFERENCES}
   """
   owner = "proxopt.adam_l2"
-  _check_adam(b1, b2, eps, eps_root, nesterov, owner)
+  _checks.check_adam_hyperparams(b1, b2, eps, eps_root, nesterov, owner)
   decoupled_weight_decay_coefficient(  # validates `convention` and `alpha`
       weight_decay, 1.0, convention, alpha, owner
   )
@@ -357,7 +328,7 @@ def adamw(
 {REFERENCES}
   """
   owner = "proxopt.adamw"
-  _check_adam(b1, b2, eps, eps_root, nesterov, owner)
+  _checks.check_adam_hyperparams(b1, b2, eps, eps_root, nesterov, owner)
 
   def make(lr, wd):
     return optax.chain(
@@ -417,7 +388,7 @@ def adamprox(
 {REFERENCES}
   """
   owner = "proxopt.adamprox"
-  _check_adam(b1, b2, eps, eps_root, nesterov, owner)
+  _checks.check_adam_hyperparams(b1, b2, eps, eps_root, nesterov, owner)
 
   def make(lr, wd):
     return optax.chain(
@@ -469,7 +440,7 @@ def sgd_l2(
     L2 vs decoupled comparison; Loshchilov and Hutter, ICLR 2019.
   """
   owner = "proxopt.sgd_l2"
-  _check_sgd(momentum, nesterov, owner)
+  _checks.check_sgd_hyperparams(momentum, nesterov, owner)
   decoupled_weight_decay_coefficient(weight_decay, 1.0, convention, alpha, owner)
 
   def make(lr, _):
@@ -518,7 +489,7 @@ def sgdw(
     Loshchilov and Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
   """
   owner = "proxopt.sgdw"
-  _check_sgd(momentum, nesterov, owner)
+  _checks.check_sgd_hyperparams(momentum, nesterov, owner)
 
   def make(lr, wd):
     return optax.chain(
@@ -568,7 +539,7 @@ def sgdprox(
     Zhuang, Liu, Cutkosky, Orabona, TMLR 2022 (arXiv 2202.00089).
   """
   owner = "proxopt.sgdprox"
-  _check_sgd(momentum, nesterov, owner)
+  _checks.check_sgd_hyperparams(momentum, nesterov, owner)
 
   def make(lr, wd):
     return optax.chain(

@@ -1,7 +1,14 @@
-"""Early argument checks shared by every proxopt transform.
+"""Argument checks for every proxopt module: the one place they live.
 
 Each check raises at construction or ``init`` time (never inside a jitted hot
-path) with a message that names the argument and says how to fix it.
+path). Helpers are named ``check_<what>(name, value, owner, ..., fix=...)``
+and their messages have one format::
+
+  <owner>: `<name>` must be <rule>, got <value>. <fix>
+
+(``owner`` is the public function, e.g. ``proxopt.adamw``). A rule that ties
+several arguments together goes through :func:`check_that`, which writes
+``<owner>: <rule>, got <values>. <fix>``.
 """
 
 from __future__ import annotations
@@ -64,7 +71,7 @@ def check_nonnegative(name: str, value: Any, owner: str, fix: str = "") -> None:
     if np.any(bad):
       first = tuple(int(i) for i in np.argwhere(bad)[0])
       raise ValueError(
-          f"{owner}: `{name}` must be >= 0 everywhere, got {arr[first]!r} at "
+          f"{owner}: `{name}` must be >= 0 everywhere, got {arr[first].item()!r} at "
           f"index {first}.{hint}"
       )
     if np.any(np.isinf(arr)):
@@ -100,6 +107,20 @@ def check_hyperparam(
     )
 
 
+def _hint(fix: str) -> str:
+  return f" {fix}" if fix else ""
+
+
+def _interval(low: float, high: float, low_open: bool, high_open: bool) -> str:
+  """``">= 0"``, ``"> 0"`` for an unbounded rule, ``"in [0, 1)"`` otherwise."""
+  if high == np.inf:
+    rule = f"{'>' if low_open else '>='} {low:g}"
+    return rule if not high_open else f"a finite number {rule}"
+  return (
+      f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+  )
+
+
 def check_number_in(
     name: str,
     value: Any,
@@ -107,34 +128,259 @@ def check_number_in(
     low: float,
     high: float,
     *,
+    low_open: bool = False,
     high_open: bool = True,
+    scalar: bool = False,
     fix: str = "",
+    wrong_type: type[Exception] = TypeError,
 ) -> None:
-  """Checks a number-only hyper-parameter (``b1``, ``b2``, ``momentum``).
+  """Checks a number-only argument (``b1``, ``b2``, ``momentum``, ``factor``).
 
-  Raises TypeError unless `value` is a real number or array (no strings,
-  ``None`` or schedules: optax would fail at ``update`` with an unrelated
-  message), and ValueError if a concrete entry lies outside ``[low, high)``
-  (``[low, high]`` with ``high_open=False``). Traced values pass.
+  Raises ``wrong_type`` (TypeError) unless `value` is a real number or array
+  (no strings, ``None`` or schedules: optax would fail at ``update`` with an
+  unrelated message), and ValueError if a concrete entry lies outside the
+  interval from ``low`` to ``high`` (closed unless ``low_open`` /
+  ``high_open``; NaN is outside). Traced values pass, unless ``scalar``:
+  then `value` must be a concrete scalar (it is used on the host, e.g. by a
+  schedule's constructor).
   """
-  if isinstance(value, jax.core.Tracer):
+  hint = _hint(fix)
+  if scalar:
+    ok = is_concrete_number(value) and not np.iscomplexobj(value)
+    if not ok:
+      raise wrong_type(
+          f"{owner}: `{name}` must be a real number, got {value!r} of type "
+          f"{type(value).__name__}.{hint}"
+      )
+  elif isinstance(value, jax.core.Tracer):
     return
   number = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
   if not (number or isinstance(value, (np.ndarray, jax.Array))) or not np.issubdtype(
       np.asarray(value).dtype, np.number
   ) or np.iscomplexobj(value):
-    raise TypeError(
+    raise wrong_type(
         f"{owner}: `{name}` must be a real number, got {value!r} of type "
-        f"{type(value).__name__}.{(' ' + fix) if fix else ''}"
+        f"{type(value).__name__}.{hint}"
     )
   arr = np.asarray(value, np.float64)
-  inside = (arr >= low) & ((arr < high) if high_open else (arr <= high))
-  if not np.all(inside):
-    bracket = ")" if high_open else "]"
+  above = (arr > low) if low_open else (arr >= low)
+  below = (arr < high) if high_open else (arr <= high)
+  if not np.all(above & below):
     raise ValueError(
-        f"{owner}: `{name}` must be in [{low:g}, {high:g}{bracket}, got "
-        f"{value!r}.{(' ' + fix) if fix else ''}"
+        f"{owner}: `{name}` must be "
+        f"{_interval(low, high, low_open, high_open)}, got {value!r}.{hint}"
     )
+
+
+def check_int(
+    name: str,
+    value: Any,
+    owner: str,
+    *,
+    minimum: int,
+    fix: str = "",
+    wrong_type: type[Exception] = TypeError,
+) -> int:
+  """Returns `value` as an int; raises unless it is an int ``>= minimum``.
+
+  Bools and floats (``2.0``) are refused with ``wrong_type``: TypeError, or
+  ValueError where a public function has always raised that.
+  """
+  hint = _hint(fix)
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    raise wrong_type(
+        f"{owner}: `{name}` must be an int >= {minimum}, got {value!r} of type "
+        f"{type(value).__name__}.{hint}"
+    )
+  if value < minimum:
+    raise ValueError(
+        f"{owner}: `{name}` must be an int >= {minimum}, got {value!r}.{hint}"
+    )
+  return int(value)
+
+
+def check_one_of(
+    name: str, value: Any, choices: Any, owner: str, fix: str = ""
+) -> None:
+  """Raises ValueError unless `value` is one of `choices` (strings, names)."""
+  ok = isinstance(value, str) and value in tuple(choices)
+  if not ok:
+    raise ValueError(
+        f"{owner}: unknown {name}={value!r}; choose one of "
+        f"{tuple(choices)}.{_hint(fix)}"
+    )
+
+
+def check_type(
+    name: str,
+    value: Any,
+    types: Any,
+    owner: str,
+    what: str,
+    fix: str = "",
+    *,
+    allow_none: bool = False,
+) -> None:
+  """Raises TypeError unless `value` is an instance of `types` (``what`` says so)."""
+  if allow_none and value is None:
+    return
+  if not isinstance(value, types):
+    raise TypeError(
+        f"{owner}: `{name}` must be {what}, got {value!r} of type "
+        f"{type(value).__name__}.{_hint(fix)}"
+    )
+
+
+def check_callable(
+    name: str, value: Any, owner: str, what: str = "a function", fix: str = ""
+) -> None:
+  """Raises TypeError unless `value` is callable."""
+  if not callable(value):
+    raise TypeError(
+        f"{owner}: `{name}` must be {what}, got {value!r} of type "
+        f"{type(value).__name__}.{_hint(fix)}"
+    )
+
+
+def check_transformation(
+    name: str, value: Any, owner: str, *, allow_none: bool = False
+) -> None:
+  """Raises TypeError unless `value` has ``init`` and ``update`` (optax's protocol)."""
+  if allow_none and value is None:
+    return
+  if not (hasattr(value, "init") and hasattr(value, "update")):
+    raise TypeError(
+        f"{owner}: `{name}` must be an optax.GradientTransformation (with "
+        f"init and update){' or None' if allow_none else ''}, got "
+        f"{type(value).__name__}. Build it first, e.g. optax.adam(1e-3) "
+        "rather than optax.adam."
+    )
+
+
+REGULARIZER_WHAT = (
+    "a proxopt.Regularizer, e.g. proxopt.l1(1e-4) or proxopt.l2_squared(1e-4)"
+)
+
+
+def check_concrete(name: str, value: Any, owner: str, why: str) -> None:
+  """Raises TypeError for a schedule or a traced value where a static one is needed."""
+  if callable(value) or isinstance(value, jax.core.Tracer):
+    raise TypeError(
+        f"{owner}: `{name}` must be a concrete number or array ({why}), got "
+        "a schedule or traced value. Pass a number or a NumPy array."
+    )
+
+
+def broadcasts_to(shape: tuple, target: tuple) -> bool:
+  """Whether an array of `shape` broadcasts *to* `target` (without changing it)."""
+  try:
+    return np.broadcast_shapes(tuple(shape), tuple(target)) == tuple(target)
+  except ValueError:
+    return False
+
+
+def check_broadcasts_to(
+    name: str, value: Any, target: Any, owner: str, *, where: str = "", fix: str = ""
+) -> None:
+  """Raises ValueError unless array `value` broadcasts *to* the parameter `target`.
+
+  One-directional: a (3, 6) value for a (6,) parameter would change its shape.
+  """
+  label = f"`{name}`" + (f" leaf at {where}" if where else "")
+  shape, target_shape = tuple(np.shape(value)), tuple(np.shape(target))
+  if not broadcasts_to(shape, target_shape):
+    raise ValueError(
+        f"{owner}: {label} has shape {shape}, which does not broadcast to the "
+        f"parameter's shape {target_shape}.{_hint(fix)}"
+    )
+
+
+def check_positive_finite(
+    name: str, value: Any, owner: str, *, where: str = "", fix: str = ""
+) -> None:
+  """Raises unless every entry of `value` is real, finite and > 0 (factors).
+
+  ``where`` (a pytree path) is named after the argument for a leaf of a tree.
+  """
+  label = f"`{name}`" + (f" leaf at {where}" if where else "")
+  hint = _hint(fix)
+  arr = np.asarray(value)
+  if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(
+      arr.dtype, np.complexfloating
+  ) or isinstance(value, (bool, np.bool_)):
+    raise TypeError(
+        f"{owner}: {label} must hold real numbers, got dtype {arr.dtype}.{hint}"
+    )
+  arr = arr.astype(np.float64)
+  if arr.ndim == 0:
+    if not (arr > 0 and np.isfinite(arr)):
+      raise ValueError(
+          f"{owner}: {label} must be > 0 and finite, got {value!r}.{hint}"
+      )
+    return
+  bad = ~(arr > 0)  # <= 0 or NaN
+  if np.any(bad):
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(
+        f"{owner}: {label} has entries <= 0 (or NaN), e.g. {float(arr[first])!r} at "
+        f"index {first}; it must be > 0 everywhere.{hint}"
+    )
+  if not np.all(np.isfinite(arr)):
+    first = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+    raise ValueError(
+        f"{owner}: {label} has infinite entries, e.g. at index {first}; it "
+        f"must be finite.{hint}"
+    )
+
+
+def check_float_leaves(name: str, tree: Any, owner: str) -> None:
+  """A non-empty pytree of floating-point leaves (Python floats allowed).
+
+  Unlike :func:`check_float_params` (what optimizers update), Python floats
+  are accepted: this is for trees that are converted with ``jnp.asarray``.
+  """
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  if not leaves:
+    raise ValueError(
+        f"{owner}: `{name}` must have at least one array leaf, got {tree!r}. "
+        "Pass the parameters, e.g. {'w': jnp.zeros(3)}."
+    )
+  for path, leaf in leaves:
+    dtype = jnp.result_type(leaf)
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(
+          f"{owner}: `{name}` leaves must be floating point, got dtype "
+          f"{dtype} at path {jax.tree_util.keystr(path) or '<root>'}. Cast "
+          "with `x.astype(jnp.float32)`."
+      )
+
+
+def check_contains(
+    name: str, tree: Any, found: bool, what: str, owner: str, fix: str
+) -> None:
+  """Raises ValueError if `tree` (e.g. an optimizer state) holds no `what`."""
+  if not found:
+    raise ValueError(
+        f"{owner}: `{name}` holds no {what}, got a "
+        f"{type(tree).__name__}.{_hint(fix)}"
+    )
+
+
+def check_that(
+    ok: Any,
+    owner: str,
+    rule: str,
+    got: str,
+    fix: str = "",
+    *,
+    error: type[Exception] = ValueError,
+) -> None:
+  """A rule that ties arguments together (``total_steps > warmup_steps``).
+
+  Raises ``error`` with ``<owner>: <rule>, got <got>. <fix>`` unless ``ok``.
+  """
+  if not ok:
+    raise error(f"{owner}: {rule}, got {got}.{_hint(fix)}")
 
 
 def check_momentum(momentum: Any, owner: str) -> None:
@@ -149,12 +395,56 @@ def check_momentum(momentum: Any, owner: str) -> None:
   )
 
 
-def check_bool(name: str, value: Any, owner: str, fix: str = "") -> None:
-  """Raises TypeError unless `value` is a Python or NumPy bool."""
+def check_adam_hyperparams(b1, b2, eps, eps_root, nesterov, owner: str) -> None:
+  """The Adam aliases' ``b1``, ``b2``, ``eps``, ``eps_root`` and ``nesterov``.
+
+  optax.scale_by_adam accepts any value and fails (``b1="0.9"``) or diverges
+  (``b1=1.5``, ``eps=-1``) only at ``update``: refused here, as
+  ``torch.optim.Adam`` does.
+  """
+  check_number_in("b1", b1, owner, 0.0, 1.0, fix="Typical: b1=0.9.")
+  check_number_in("b2", b2, owner, 0.0, 1.0, fix="Typical: b2=0.999.")
+  for name, value in (("eps", eps), ("eps_root", eps_root)):
+    check_number_in(name, value, owner, 0.0, np.inf, fix="Use 0.0 for none.")
+  check_bool("nesterov", nesterov, owner)
+
+
+def check_sgd_hyperparams(momentum, nesterov, owner: str) -> None:
+  """The SGD aliases' ``momentum`` and ``nesterov``, in optax.sgd's order.
+
+  ``sgdw(0.1, 0.9, 5e-4)`` puts 5e-4 in ``nesterov`` (optax.sgd's third
+  positional argument), which Python reads as True: Nesterov with the default
+  decay. A non-bool ``nesterov`` is refused with the keyword call to write.
+  """
+  if momentum is not None:
+    check_momentum(momentum, owner)
+  name = owner.split(".")[-1]
+  check_bool(
+      "nesterov", nesterov, owner,
+      f"The third positional argument is optax.sgd's `nesterov`; pass the "
+      f"decay by keyword: {name}(learning_rate, {momentum!r}, "
+      f"weight_decay={nesterov!r}).",
+  )
+
+
+def check_alpha(alpha: Any, owner: str) -> None:
+  """The paper's base step size ``alpha`` of the ``"paper"`` convention: > 0."""
+  check_number_in(
+      "alpha", alpha, owner, 0.0, np.inf, low_open=True, high_open=False,
+      fix="It is the paper's base step size, e.g. the constant learning rate.",
+  )
+
+
+def check_bool(
+    name: str, value: Any, owner: str, fix: str = "", *, allow_none: bool = False
+) -> None:
+  """Raises TypeError unless `value` is a Python or NumPy bool (or None if allowed)."""
+  if allow_none and value is None:
+    return
   if not isinstance(value, (bool, np.bool_)):
     raise TypeError(
-        f"{owner}: `{name}` must be True or False, got {value!r} of type "
-        f"{type(value).__name__}.{(' ' + fix) if fix else ''}"
+        f"{owner}: `{name}` must be True{', False or None' if allow_none else ' or False'}, "
+        f"got {value!r} of type {type(value).__name__}.{_hint(fix)}"
     )
 
 
@@ -191,11 +481,7 @@ def check_broadcasts_to_leaves(
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     path = tuple(prefix) + tuple(path)
     target = tuple(np.shape(leaf))
-    try:
-      ok = np.broadcast_shapes(shape, target) == target
-    except ValueError:
-      ok = False
-    if not ok:
+    if not broadcasts_to(shape, target):
       where = jax.tree_util.keystr(path) or "<root>"
       raise ValueError(
           f"{owner}: `{name}` has shape {shape}, which does not broadcast to "
@@ -205,7 +491,8 @@ def check_broadcasts_to_leaves(
       )
 
 
-def require_params(params: Any, owner: str) -> None:
+def check_params_given(params: Any, owner: str) -> None:
+  """Raises ValueError if ``update`` was called without ``params``."""
   if params is None:
     raise ValueError(
         f"{owner} needs the current parameters: call "

@@ -122,24 +122,21 @@ def classic(
     Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR 2022.
   """
   owner = "proxopt.classic"
-  if name not in CLASSIC_OPTIMIZERS:
-    raise ValueError(
-        f"{owner}: unknown optimizer name={name!r}; choose one of "
-        f"{CLASSIC_OPTIMIZERS}."
-    )
+  _checks.check_one_of("name", name, CLASSIC_OPTIMIZERS, owner)
   if optax_kwargs is None:
     optax_kwargs = {}
-  if not isinstance(optax_kwargs, Mapping):
-    raise TypeError(
-        f"{owner}: `optax_kwargs` must be a dict of keyword arguments for "
-        f"optax.{name}, e.g. optax_kwargs={{'eps': 0.0}}, got "
-        f"{type(optax_kwargs).__name__}."
-    )
-  if name in ("sgd", "momentum", "nesterov") and optax_kwargs:
-    raise TypeError(
-        f"{owner}: {name!r} takes only `momentum`; got extra arguments "
-        f"{sorted(optax_kwargs)}."
-    )
+  _checks.check_type(
+      "optax_kwargs", optax_kwargs, Mapping, owner,
+      f"a dict of keyword arguments for optax.{name}",
+      "E.g. optax_kwargs={'eps': 0.0}.",
+  )
+  _checks.check_that(
+      not (name in ("sgd", "momentum", "nesterov") and optax_kwargs), owner,
+      f"{name!r} takes only `momentum`",
+      f"extra arguments {sorted(optax_kwargs)}",
+      "Drop optax_kwargs, or pick an optimizer that takes them, e.g. 'adam'.",
+      error=TypeError,
+  )
   _checks.check_momentum(momentum, owner)  # traced (injected) values pass
   _checks.check_hyperparam("weight_decay", weight_decay, owner)
   _checks.check_nonnegative("weight_decay", weight_decay, owner)
@@ -149,11 +146,10 @@ def classic(
   with_decay = not (
       isinstance(weight_decay, (int, float)) and float(weight_decay) == 0.0
   )
-  if regularizer is not None and not isinstance(regularizer, Regularizer):
-    raise TypeError(
-        f"{owner}: `regularizer` must be a proxopt.Regularizer (e.g. "
-        f"proxopt.l1(1e-4)), got {type(regularizer).__name__}."
-    )
+  _checks.check_type(
+      "regularizer", regularizer, Regularizer, owner,
+      _checks.REGULARIZER_WHAT, allow_none=True,
+  )
 
   def build(learning_rate):
     parts = [_classic_base(name, learning_rate, momentum, optax_kwargs)]

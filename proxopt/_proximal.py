@@ -111,7 +111,7 @@ def _leafwise(
     return StepCountState(count=jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None):
-    _checks.require_params(params, owner)
+    _checks.check_params_given(params, owner)
     fns = make_update(state.count, params)
     u_leaves, treedef = jax.tree.flatten(updates)
     x_leaves = treedef.flatten_up_to(params)

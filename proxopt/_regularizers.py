@@ -199,19 +199,23 @@ class Regularizer:
   def _coefficients_for(self, x: Array) -> dict[str, Array]:
     out = {}
     for k, v in self.coefficients.items():
-      if self.split is not None or _checks.is_coefficient_tree(v):
-        raise TypeError(
-            f"proxopt.{self.kind}: coefficient `{k}` is per-leaf (a pytree "
-            "like params); apply it to a whole tree with "
-            "proxopt.regularizer_value, proxopt.apply_prox or "
-            "proxopt.proximal, or take `regularizer.leafwise(params, owner)`."
-        )
-      if callable(v):
-        raise TypeError(
-            f"proxopt.{self.kind}: coefficient `{k}` is a schedule; evaluate "
-            "it at a step first with `regularizer.at(step)` (proxopt.proximal "
-            "does this at every update)."
-        )
+      _checks.check_that(
+          self.split is None and not _checks.is_coefficient_tree(v),
+          f"proxopt.{self.kind}",
+          f"coefficient `{k}` is per-leaf (a pytree like params) and acts on "
+          "a whole tree, not on one leaf", f"{k}=<per-leaf>",
+          "Apply it with proxopt.regularizer_value, proxopt.apply_prox or "
+          "proxopt.proximal, or take `regularizer.leafwise(params, owner)`.",
+          error=TypeError,
+      )
+      _checks.check_that(
+          not callable(v), f"proxopt.{self.kind}",
+          f"coefficient `{k}` is a schedule, which has no value on a leaf",
+          f"{k}=<schedule>",
+          "Evaluate it at a step first with `regularizer.at(step)` "
+          "(proxopt.proximal does this at every update).",
+          error=TypeError,
+      )
       out[k] = jnp.asarray(v, dtype=x.dtype)
     return out
 
@@ -263,18 +267,15 @@ class Regularizer:
           self.coefficient_shape(k, shape) if self.coefficient_shape else shape
       )
       cshape = tuple(np.shape(v))
-      try:
-        ok = np.broadcast_shapes(cshape, target) == tuple(target)
-      except ValueError:
-        ok = False
-      if not ok:
-        raise ValueError(
-            f"{owner}: coefficient `{k}` of {self.name} has shape {cshape}, "
-            f"which does not broadcast to the parameter at path {where} "
-            f"(needs a shape that broadcasts to {tuple(target)}). Use a "
-            "scalar, an array shaped like that leaf, or a `mask=` that "
-            "leaves the other leaves out."
-        )
+      _checks.check_that(
+          _checks.broadcasts_to(cshape, target), owner,
+          f"coefficient `{k}` of {self.name} has shape {cshape}, which does "
+          f"not broadcast to the parameter at path {where}",
+          f"a leaf of shape {shape} (needs a shape that broadcasts to "
+          f"{tuple(target)})",
+          "Use a scalar, an array shaped like that leaf, or a `mask=` that "
+          "leaves the other leaves out.",
+      )
 
 
 def _wide(x: Array) -> Array:
@@ -510,12 +511,13 @@ def _group_lasso_functions(axis):
       return tuple(range(ndim))
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     for a in axes:
-      if not -ndim <= a < max(ndim, 1):
-        raise ValueError(
-            f"proxopt.group_lasso: `axis={axis}` is out of range for a leaf "
-            f"of shape {shape}. Use axis=None (whole leaf) or mask out "
-            "leaves of lower rank with `mask=`."
-        )
+      _checks.check_that(
+          -ndim <= a < max(ndim, 1), "proxopt.group_lasso",
+          f"`axis={axis}` is out of range for a leaf of shape {shape}",
+          f"axis {a} for a leaf with {ndim} dimension(s)",
+          "Use axis=None (whole leaf) or mask out leaves of lower rank with "
+          "`mask=`.",
+      )
     return axes
 
   def group_shape(name, shape):
@@ -609,22 +611,18 @@ def _per_leaf_box(lower, upper, owner) -> Regularizer:
 
 def _box_bound_check(arg, v, owner):
   _checks.check_hyperparam(arg, v, owner)
-  if callable(v) or isinstance(v, jax.core.Tracer):
-    raise TypeError(
-        f"{owner}: `{arg}` must be a concrete number or array (box bounds "
-        "are static), got a schedule or traced value."
-    )
+  _checks.check_concrete(arg, v, owner, "box bounds are static")
 
 
 def _box(lower, upper, name, owner) -> Regularizer:
   for arg, v in (("lower", lower), ("upper", upper)):
     _box_bound_check(arg, v, owner)
   lo, hi = np.asarray(lower, dtype=np.float64), np.asarray(upper, np.float64)
-  if np.any(np.isnan(lo)) or np.any(np.isnan(hi)) or np.any(lo > hi):
-    raise ValueError(
-        f"{owner}: need lower <= upper, got lower={lower!r}, "
-        f"upper={upper!r}. Swap them or widen the box."
-    )
+  _checks.check_that(
+      not (np.any(np.isnan(lo)) or np.any(np.isnan(hi)) or np.any(lo > hi)),
+      owner, "need lower <= upper", f"lower={lower!r}, upper={upper!r}",
+      "Swap them or widen the box.",
+  )
 
   def bounds(x):
     return _inward_bounds(lo, hi, x.dtype)
@@ -686,12 +684,10 @@ def nonnegative() -> Regularizer:
 
 
 def check_regularizer(regularizer: Any, owner: str) -> None:
-  if not isinstance(regularizer, Regularizer):
-    raise TypeError(
-        f"{owner}: `regularizer` must be a proxopt.Regularizer, e.g. "
-        f"proxopt.l1(1e-4) or proxopt.l2_squared(1e-4), got "
-        f"{regularizer!r} of type {type(regularizer).__name__}."
-    )
+  """:func:`proxopt._checks.check_type` for a :class:`Regularizer`."""
+  _checks.check_type(
+      "regularizer", regularizer, Regularizer, owner, _checks.REGULARIZER_WHAT
+  )
 
 
 def check_leaves(regularizer: Regularizer, params: Any, keep: Any, owner: str) -> None:
@@ -703,16 +699,14 @@ def check_leaves(regularizer: Regularizer, params: Any, keep: Any, owner: str) -
       where = jax.tree_util.keystr(path) or "<root>"
       reg.check_leaf(x, where, owner)
       for arg, shape in reg.static_shapes.items():
-        try:
-          ok = np.broadcast_shapes(shape, np.shape(x)) == np.shape(x)
-        except ValueError:
-          ok = False
-        if not ok:
-          raise ValueError(
-              f"{owner}: `{arg}` of {reg.name} has shape {shape}, "
-              f"which does not broadcast to the parameter at path {where} "
-              f"of shape {np.shape(x)}."
-          )
+        _checks.check_that(
+            _checks.broadcasts_to(shape, np.shape(x)), owner,
+            f"`{arg}` of {reg.name} has shape {shape}, which does not "
+            f"broadcast to the parameter at path {where}",
+            f"a leaf of shape {np.shape(x)}",
+            f"Use a scalar `{arg}` or one that broadcasts to every leaf, or "
+            "a `mask=` that leaves the other leaves out.",
+        )
 
 
 def leaf_mask(params: Any, mask: Any, owner: str) -> list[bool]:

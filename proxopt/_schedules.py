@@ -54,42 +54,18 @@ from proxopt._proximal import ScalarOrSchedule
 Schedule = Callable[[jax.Array], jax.Array]
 
 
-# ---------------------------------------------------------------------------
-# Argument checks (raise at construction, naming the argument and the fix).
+_INIT_VALUE_FIX = "Pass the (positive) initial step size."
+_FACTOR_FIX = (
+    "It multiplies the step size at each reduction, e.g. factor=0.5 halves it."
+)
 
 
-def _check_positive_int(name: str, value: Any, owner: str) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise TypeError(f"{owner}: `{name}` must be an int, got {value!r}.")
-  if value <= 0:
-    raise ValueError(f"{owner}: `{name}` must be >= 1, got {value}.")
-  return int(value)
-
-
-def _check_nonneg_int(name: str, value: Any, owner: str, fix: str) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise TypeError(f"{owner}: `{name}` must be an int, got {value!r}.")
-  if value < 0:
-    raise ValueError(f"{owner}: `{name}` must be >= 0, got {value}. {fix}")
-  return int(value)
-
-
-def _check_factor(factor: Any, owner: str, allow_one: bool = False) -> float:
-  f = float(factor)
-  ok = 0.0 < f <= 1.0 if allow_one else 0.0 < f < 1.0
-  if not ok:
-    rng = "(0, 1]" if allow_one else "(0, 1)"
-    raise ValueError(
-        f"{owner}: `factor` must be in {rng}, got {factor!r}. It multiplies "
-        "the step size at each reduction, e.g. factor=0.5 halves it."
-    )
-  return f
-
-
-def _check_init_value(value: Any, owner: str) -> None:
-  _checks.check_nonnegative(
-      "init_value", value, owner, "Pass the (positive) initial step size."
+def _factor(factor: Any, owner: str, allow_one: bool) -> float:
+  _checks.check_number_in(
+      "factor", factor, owner, 0.0, 1.0, low_open=True,
+      high_open=not allow_one, scalar=True, fix=_FACTOR_FIX,
   )
+  return float(factor)
 
 
 # ---------------------------------------------------------------------------
@@ -140,10 +116,12 @@ def step_decay(
     Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR 2022.
   """
   owner = "proxopt.step_decay"
-  _check_init_value(init_value, owner)
-  factor = _check_factor(factor, owner, allow_one=True)
-  every_epochs = _check_positive_int("every_epochs", every_epochs, owner)
-  steps_per_epoch = _check_positive_int("steps_per_epoch", steps_per_epoch, owner)
+  _checks.check_nonnegative("init_value", init_value, owner, _INIT_VALUE_FIX)
+  factor = _factor(factor, owner, allow_one=True)
+  every_epochs = _checks.check_int("every_epochs", every_epochs, owner, minimum=1)
+  steps_per_epoch = _checks.check_int(
+      "steps_per_epoch", steps_per_epoch, owner, minimum=1
+  )
   return optax.exponential_decay(
       init_value=init_value,
       transition_steps=every_epochs * steps_per_epoch,
@@ -191,12 +169,17 @@ def multistep_decay(
     Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR 2022.
   """
   owner = "proxopt.multistep_decay"
-  _check_init_value(init_value, owner)
-  factor = _check_factor(factor, owner, allow_one=True)
-  steps_per_epoch = _check_positive_int("steps_per_epoch", steps_per_epoch, owner)
+  _checks.check_nonnegative("init_value", init_value, owner, _INIT_VALUE_FIX)
+  factor = _factor(factor, owner, allow_one=True)
+  steps_per_epoch = _checks.check_int(
+      "steps_per_epoch", steps_per_epoch, owner, minimum=1
+  )
   milestones = list(milestones)
-  for m in milestones:
-    _check_nonneg_int("milestones", m, owner, "Milestones are epoch indices.")
+  for i, m in enumerate(milestones):
+    _checks.check_int(
+        f"milestones[{i}]", m, owner, minimum=0,
+        fix="Milestones are epoch indices.",
+    )
   counts = Counter(int(m) for m in milestones)
   return optax.piecewise_constant_schedule(
       init_value,
@@ -248,16 +231,20 @@ def cosine_per_epoch(
     Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR 2022.
   """
   owner = "proxopt.cosine_per_epoch"
-  _check_init_value(init_value, owner)
-  epochs = _check_positive_int("epochs", epochs, owner)
-  steps_per_epoch = _check_positive_int("steps_per_epoch", steps_per_epoch, owner)
+  _checks.check_nonnegative("init_value", init_value, owner, _INIT_VALUE_FIX)
+  epochs = _checks.check_int("epochs", epochs, owner, minimum=1)
+  steps_per_epoch = _checks.check_int(
+      "steps_per_epoch", steps_per_epoch, owner, minimum=1
+  )
   _checks.check_nonnegative("end_value", end_value, owner)
-  if _checks.is_concrete_number(init_value) and init_value > 0:
-    alpha = float(end_value) / float(init_value)
-  elif float(end_value) == 0.0:
-    alpha = 0.0
-  else:
-    raise ValueError(f"{owner}: `end_value` needs a positive `init_value`.")
+  positive_init = _checks.is_concrete_number(init_value) and init_value > 0
+  _checks.check_that(
+      positive_init or float(end_value) == 0.0, owner,
+      "a nonzero `end_value` needs a positive `init_value`",
+      f"init_value={init_value!r}, end_value={end_value!r}",
+      "Pass the initial step size as a positive number, or end_value=0.",
+  )
+  alpha = float(end_value) / float(init_value) if positive_init else 0.0
   per_epoch = optax.cosine_decay_schedule(init_value, epochs, alpha=alpha)
   return lambda count: per_epoch(count // steps_per_epoch)
 
@@ -314,15 +301,16 @@ def warmup_cosine(
   _checks.check_nonnegative("peak_value", peak_value, owner)
   _checks.check_nonnegative("init_value", init_value, owner)
   _checks.check_nonnegative("end_value", end_value, owner)
-  warmup_steps = _check_nonneg_int(
-      "warmup_steps", warmup_steps, owner, "Use 0 for no warm-up."
+  warmup_steps = _checks.check_int(
+      "warmup_steps", warmup_steps, owner, minimum=0, fix="Use 0 for no warm-up."
   )
-  total_steps = _check_positive_int("total_steps", total_steps, owner)
-  if total_steps <= warmup_steps:
-    raise ValueError(
-        f"{owner}: `total_steps` ({total_steps}) must exceed `warmup_steps` "
-        f"({warmup_steps}); total_steps counts the warm-up too."
-    )
+  total_steps = _checks.check_int("total_steps", total_steps, owner, minimum=1)
+  _checks.check_that(
+      total_steps > warmup_steps, owner,
+      "`total_steps` must exceed `warmup_steps`",
+      f"total_steps={total_steps}, warmup_steps={warmup_steps}",
+      "total_steps counts the warm-up too.",
+  )
   return optax.warmup_cosine_decay_schedule(
       init_value=init_value,
       peak_value=peak_value,
@@ -412,6 +400,13 @@ def _set_variable(v, value):
     v.value = value
 
 
+_NO_STATE_FIX = (
+    "Pass the optimizer state of "
+    "`optax.inject_hyperparams(<optimizer>)(learning_rate=plateau, ...)` "
+    "(or of `proxopt.classic(name, plateau)`), or the plateau state."
+)
+
+
 class ReduceOnPlateau:
   """A stateful step-size schedule ``s_t = base(t) * scale``; see :func:`reduce_on_plateau`.
 
@@ -478,24 +473,25 @@ class ReduceOnPlateau:
 
   def update(self, state: ReduceOnPlateauState, **extra_args) -> ReduceOnPlateauState:
     del extra_args  # The metric comes through `observe`, once per evaluation.
-    self._check_state(state)
+    self._expect_state(state)
     return state._replace(count=optax.safe_increment(state.count))
 
   def __call__(self, state: ReduceOnPlateauState, **extra_args) -> jax.Array:
     del extra_args
-    self._check_state(state)
+    self._expect_state(state)
     base = self.base(state.count) if callable(self.base) else self.base
     return base * state.scale
 
-  def _check_state(self, state):
-    if not _is_plateau_state(state):
-      raise TypeError(
-          "proxopt.reduce_on_plateau is a stateful schedule and was called "
-          f"with {type(state).__name__} instead of its state. Wrap the "
-          "optimizer with optax.inject_hyperparams, e.g. "
-          "`optax.inject_hyperparams(proxopt.adamprox)(learning_rate=plateau, "
-          "weight_decay=...)`, or use `proxopt.classic(name, plateau, ...)`."
-      )
+  def _expect_state(self, state):
+    _checks.check_that(
+        _is_plateau_state(state), "proxopt.reduce_on_plateau",
+        "a stateful schedule must be called with its ReduceOnPlateauState",
+        f"a {type(state).__name__}",
+        "Wrap the optimizer with optax.inject_hyperparams, e.g. "
+        "`optax.inject_hyperparams(proxopt.adamprox)(learning_rate=plateau, "
+        "weight_decay=...)`, or use `proxopt.classic(name, plateau, ...)`.",
+        error=TypeError,
+    )
 
   # -- feeding the metric -----------------------------------------------------
 
@@ -515,13 +511,10 @@ class ReduceOnPlateau:
     Raises:
       ValueError: if ``tree`` holds no :class:`ReduceOnPlateauState`.
     """
-    if not _plateau_states(tree):
-      raise ValueError(
-          "reduce_on_plateau.observe: found no ReduceOnPlateauState in the "
-          f"given {type(tree).__name__}. Pass the optimizer state of "
-          "`optax.inject_hyperparams(<optimizer>)(learning_rate=plateau, ...)` "
-          "(or of `proxopt.classic(name, plateau)`), or the plateau state."
-      )
+    _checks.check_contains(
+        "tree", tree, bool(_plateau_states(tree)), "ReduceOnPlateauState",
+        "proxopt.ReduceOnPlateau.observe", _NO_STATE_FIX,
+    )
     if _holds_nnx_variables(tree):
       # flax.nnx.Optimizer keeps its state in Variables: update them in place,
       # as nnx.Optimizer.update does, and return the same object.
@@ -543,11 +536,10 @@ class ReduceOnPlateau:
     the first one is read.
     """
     states = _plateau_states(tree)
-    if not states:
-      raise ValueError(
-          "reduce_on_plateau.step_size: found no ReduceOnPlateauState in the "
-          "given tree."
-      )
+    _checks.check_contains(
+        "tree", tree, bool(states), "ReduceOnPlateauState",
+        "proxopt.ReduceOnPlateau.step_size", _NO_STATE_FIX,
+    )
     return self(_unwrap(states[0]))
 
   def _improved(self, metric, best):
@@ -569,11 +561,11 @@ class ReduceOnPlateau:
 
   def _observe_one(self, st: ReduceOnPlateauState, metric) -> ReduceOnPlateauState:
     m = jnp.asarray(metric, st.best.dtype)
-    if m.shape != ():
-      raise ValueError(
-          "reduce_on_plateau.observe: `metric` must be a scalar, got shape "
-          f"{m.shape}. Reduce it first, e.g. `jnp.mean(losses)`."
-      )
+    _checks.check_that(
+        m.shape == (), "proxopt.ReduceOnPlateau.observe",
+        "`metric` must be a scalar", f"shape {m.shape}",
+        "Reduce it first, e.g. `jnp.mean(losses)`.",
+    )
     # Same order of operations as torch.optim.lr_scheduler.ReduceLROnPlateau.
     improved = self._improved(m, st.best)
     best = jnp.where(improved, m, st.best)
@@ -716,54 +708,60 @@ def reduce_on_plateau(
     read the reduced step size.
   """
   owner = "proxopt.reduce_on_plateau"
-  if mode not in MODES:
-    raise ValueError(
-        f"{owner}: unknown mode={mode!r}; use 'min' (the metric should "
-        "decrease, e.g. a loss) or 'max' (e.g. an accuracy)."
-    )
-  if threshold_mode not in THRESHOLD_MODES:
-    raise ValueError(
-        f"{owner}: unknown threshold_mode={threshold_mode!r}; use 'rel' "
-        "(relative to |best|) or 'abs'."
-    )
-  factor = _check_factor(factor, owner)
-  patience = _check_nonneg_int(
-      "patience", patience, owner,
-      "It counts evaluations without improvement; 0 reduces at once.",
+  _checks.check_one_of(
+      "mode", mode, MODES, owner,
+      "'min': the metric should decrease (e.g. a loss); 'max': it should "
+      "increase (e.g. an accuracy).",
   )
-  cooldown = _check_nonneg_int(
-      "cooldown", cooldown, owner, "Use 0 for no cooldown."
+  _checks.check_one_of(
+      "threshold_mode", threshold_mode, THRESHOLD_MODES, owner,
+      "'rel': relative to |best|; 'abs': in the metric's units.",
   )
-  if not (_checks.is_concrete_number(threshold) and float(threshold) >= 0):
-    raise ValueError(f"{owner}: `threshold` must be a number >= 0, got {threshold!r}.")
-  if not (_checks.is_concrete_number(eps) and float(eps) >= 0):
-    raise ValueError(f"{owner}: `eps` must be a number >= 0, got {eps!r}.")
+  factor = _factor(factor, owner, allow_one=False)
+  patience = _checks.check_int(
+      "patience", patience, owner, minimum=0,
+      fix="It counts evaluations without improvement; 0 reduces at once.",
+  )
+  cooldown = _checks.check_int(
+      "cooldown", cooldown, owner, minimum=0, fix="Use 0 for no cooldown."
+  )
+  _checks.check_number_in(
+      "threshold", threshold, owner, 0.0, np.inf, high_open=False, scalar=True,
+      wrong_type=ValueError, fix="Use 0 to count any improvement.",
+  )
+  _checks.check_number_in(
+      "eps", eps, owner, 0.0, np.inf, high_open=False, scalar=True,
+      wrong_type=ValueError, fix="Use 0 to never skip a reduction.",
+  )
   if not callable(base):
-    if not _checks.is_concrete_number(base) or not float(base) > 0:
-      raise ValueError(
-          f"{owner}: `base` must be a positive step size or a schedule, got "
-          f"{base!r}."
-      )
-  if not (_checks.is_concrete_number(min_scale) and 0 <= float(min_scale) <= 1):
-    raise ValueError(
-        f"{owner}: `min_scale` must be in [0, 1], got {min_scale!r} (it bounds "
-        "the product of the reductions)."
+    _checks.check_number_in(
+        "base", base, owner, 0.0, np.inf, low_open=True, high_open=False,
+        scalar=True, wrong_type=ValueError,
+        fix="Pass a positive step size or a schedule count -> step size.",
     )
+  _checks.check_number_in(
+      "min_scale", min_scale, owner, 0.0, 1.0, high_open=False, scalar=True,
+      wrong_type=ValueError, fix="It bounds the product of the reductions.",
+  )
   min_scale = float(min_scale)
   if min_value is not None:
-    if callable(base):
-      raise ValueError(
-          f"{owner}: `min_value` needs a constant `base`; with a schedule, "
-          "bound the reductions with `min_scale` instead."
-      )
-    if min_scale != 0.0:
-      raise ValueError(f"{owner}: pass either `min_value` or `min_scale`, not both.")
+    _checks.check_that(
+        not callable(base), owner, "`min_value` needs a constant `base`",
+        "a schedule as base",
+        "With a schedule, bound the reductions with `min_scale` instead.",
+    )
+    _checks.check_that(
+        min_scale == 0.0, owner, "pass either `min_value` or `min_scale`",
+        f"min_value={min_value!r} and min_scale={min_scale!r}",
+        "min_value is min_scale * base; drop one.",
+    )
     _checks.check_nonnegative("min_value", min_value, owner)
     min_scale = float(min_value) / float(base)
-    if min_scale > 1:
-      raise ValueError(
-          f"{owner}: `min_value` ({min_value}) exceeds `base` ({base})."
-      )
+    _checks.check_that(
+        min_scale <= 1, owner, "`min_value` must not exceed `base`",
+        f"min_value={min_value!r}, base={base!r}",
+        "min_value is the smallest step size the reductions may reach.",
+    )
   return ReduceOnPlateau(
       base,
       mode=mode,

@@ -59,6 +59,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from proxopt import _checks
+
 __all__ = [
     "ScaleFreeReport",
     "assert_not_scale_free",
@@ -140,17 +142,16 @@ def power_of_two(scales: Any) -> Any:
     IEEE 754: multiplying by a power of two is exact (barring over- and
     underflow), which makes exact mode bit-exact.
   """
-  def leaf(c):
-    c64 = np.asarray(c, np.float64)
-    if not np.all((c64 > 0) & np.isfinite(c64)):
-      raise ValueError(
-          "proxopt.testing.power_of_two: factors must be finite and > 0, got "
-          f"{c!r}."
-      )
-    out = np.exp2(np.round(np.log2(c64)))
+  def leaf(path, c):
+    _checks.check_positive_finite(
+        "scales", c, "proxopt.testing.power_of_two",
+        where=jax.tree_util.keystr(path),
+        fix="Factors are positive numbers, e.g. 10.0 or 1e-3.",
+    )
+    out = np.exp2(np.round(np.log2(np.asarray(c, np.float64))))
     return float(out) if _is_scalar(c) else out
 
-  return jax.tree.map(leaf, scales)
+  return jax.tree_util.tree_map_with_path(leaf, scales)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,97 +245,54 @@ def _is_scalar(x: Any) -> bool:
   return isinstance(x, (np.ndarray, jax.Array)) and np.ndim(x) == 0
 
 
-def _check_inputs(optimizer, params, grad_fn, steps, scales, owner):
-  if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
-    raise TypeError(
-        f"{owner}: `optimizer` must be an optax.GradientTransformation (with "
-        f"init and update), got {type(optimizer).__name__}."
+_SCALES_FIX = (
+    "Scale-freeness is about finite positive factors 0 < c_i < inf (an "
+    "infinite factor makes the rescaled gradient inf, which would be blamed "
+    "on the optimizer); use e.g. 1e-3 or 1e6."
+)
+
+
+def _input_kind(optimizer, params, grad_fn, steps, scales, rtol, owner) -> str:
+  """Checks the arguments of the report/assertions; returns the kind of scales."""
+  _checks.check_transformation("optimizer", optimizer, owner)
+  _checks.check_callable(
+      "grad_fn", grad_fn, owner, "a function params -> gradients",
+      "E.g. `jax.grad(loss)`.",
+  )
+  # ValueError for a non-int too, as since the first release.
+  _checks.check_int("steps", steps, owner, minimum=1, wrong_type=ValueError)
+  _checks.check_float_leaves("params", params, owner)
+  if rtol is not None:
+    _checks.check_number_in(
+        "rtol", rtol, owner, 0.0, np.inf, scalar=True, wrong_type=ValueError,
+        fix="Or None for the default, 1e-9 in float64 and 1e-4 in float32.",
     )
-  if not callable(grad_fn):
-    raise TypeError(
-        f"{owner}: `grad_fn` must be a function params -> gradients, e.g. "
-        "`jax.grad(loss)`."
-    )
-  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-    raise ValueError(f"{owner}: `steps` must be an int >= 1, got {steps!r}.")
-  leaves = jax.tree.leaves(params)
-  if not leaves:
-    raise ValueError(f"{owner}: `params` has no array leaves.")
-  for leaf in leaves:
-    if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-      raise TypeError(
-          f"{owner}: `params` leaves must be floating point, got a leaf of "
-          f"dtype {jnp.result_type(leaf)}. Cast with `x.astype(jnp.float32)`."
-      )
   if _is_scalar(scales):
-    if not (float(scales) > 0 and np.isfinite(float(scales))):
-      raise ValueError(
-          f"{owner}: `scales` must be > 0 and finite (a loss multiplier), got "
-          f"{scales!r}."
-      )
+    _checks.check_positive_finite(
+        "scales", scales, owner, fix="A scalar is a loss multiplier."
+    )
     return "loss multiplier"
   p_struct = jax.tree.structure(params)
   s_struct = jax.tree.structure(scales)
-  if p_struct != s_struct:
-    raise ValueError(
-        f"{owner}: `scales` must be a positive scalar or a pytree like "
-        f"`params`; params are {p_struct} but scales are {s_struct}. Build it "
-        "with e.g. `jax.tree.map(lambda x: jnp.full_like(x, 10.0), params)`."
-    )
+  _checks.check_that(
+      p_struct == s_struct, owner,
+      "`scales` must be a positive scalar or a pytree like `params`",
+      f"scales {s_struct} for params {p_struct}",
+      "Build it with e.g. `jax.tree.map(lambda x: jnp.full_like(x, 10.0), params)`.",
+  )
   for (path, s), p in zip(
-      jax.tree_util.tree_flatten_with_path(scales)[0], leaves
+      jax.tree_util.tree_flatten_with_path(scales)[0], jax.tree.leaves(params)
   ):
-    s_np = np.asarray(s)
     where = jax.tree_util.keystr(path)
     # One-directional: the scales leaf must broadcast *to* the parameter
     # (a (3, 6) leaf for a (6,) parameter would change the gradient's shape).
-    try:
-      fits = np.broadcast_shapes(s_np.shape, np.shape(p)) == np.shape(p)
-    except ValueError:
-      fits = False
-    if not fits:
-      raise ValueError(
-          f"{owner}: `scales` leaf at {where} has shape {s_np.shape}, which "
-          f"does not broadcast to the parameter's shape {np.shape(p)}. Use a "
-          "scalar or an array of the parameter's shape (or one that "
-          "broadcasts to it, e.g. shape (1,) or a trailing sub-shape)."
-      )
-    if not np.issubdtype(s_np.dtype, np.number) or np.issubdtype(
-        s_np.dtype, np.complexfloating
-    ):
-      raise TypeError(
-          f"{owner}: `scales` leaf at {where} must hold real numbers, got "
-          f"dtype {s_np.dtype}."
-      )
-    if not np.all(s_np > 0):
-      raise ValueError(
-          f"{owner}: `scales` leaf at {where} has entries <= 0 (or NaN); "
-          "scale-freeness is about positive factors c_i > 0."
-      )
-    if not np.all(np.isfinite(s_np)):
-      raise ValueError(
-          f"{owner}: `scales` leaf at {where} has infinite entries; "
-          "scale-freeness is about finite factors 0 < c_i < inf (an infinite "
-          "factor makes the rescaled gradient inf, which would be blamed on "
-          "the optimizer). Use large finite factors, e.g. 1e6."
-      )
-  return "per-coordinate"
-
-
-def _check_rtol(rtol, owner):
-  if rtol is None:
-    return
-  ok = (
-      not isinstance(rtol, bool)
-      and _is_scalar(rtol)
-      and np.isfinite(float(rtol))
-      and float(rtol) >= 0
-  )
-  if not ok:
-    raise ValueError(
-        f"{owner}: `rtol` must be a finite number >= 0 (or None for the "
-        f"default, 1e-9 in float64 and 1e-4 in float32), got {rtol!r}."
+    _checks.check_broadcasts_to(
+        "scales", s, p, owner, where=where,
+        fix="Use a scalar or an array of the parameter's shape (or one that "
+        "broadcasts to it, e.g. shape (1,) or a trailing sub-shape).",
     )
+    _checks.check_positive_finite("scales", s, owner, where=where, fix=_SCALES_FIX)
+  return "per-coordinate"
 
 
 def _run_dtype(params):
@@ -492,29 +450,29 @@ def scale_free_report(
     Methods and Scale-Freeness", TMLR 2022 (arXiv 2202.00089).
   """
   owner = "proxopt.testing.scale_free_report"
-  kind = _check_inputs(optimizer, params, grad_fn, steps, scales, owner)
-  _check_rtol(rtol, owner)
+  kind = _input_kind(optimizer, params, grad_fn, steps, scales, rtol, owner)
+  _checks.check_transformation(
+      "rescaled_optimizer", rescaled_optimizer, owner, allow_none=True
+  )
   if rescaled_optimizer is None:
     rescaled_optimizer = optimizer
-  elif not (hasattr(rescaled_optimizer, "init") and hasattr(rescaled_optimizer, "update")):
-    raise TypeError(
-        f"{owner}: `rescaled_optimizer` must be an optax.GradientTransformation "
-        "or None."
-    )
-  if exact is not None and not isinstance(exact, (bool, np.bool_)):
-    raise TypeError(f"{owner}: `exact` must be True, False or None, got {exact!r}.")
+  _checks.check_bool(
+      "exact", exact, owner, "None picks exact mode below float64.",
+      allow_none=True,
+  )
   dtype = _run_dtype(params)
   exact = _is_exact(dtype, exact)
   if exact:
     # Powers of two commute exactly with every operation of a scale-free
     # update, so the two runs must agree bit for bit (module docstring).
     scales = power_of_two(scales)
-    if all(np.all(c == 1.0) for c in jax.tree.leaves(scales)):
-      raise ValueError(
-          f"{owner}: every factor of `scales` rounds to 1 (exact mode rounds "
-          "them to the nearest power of two), so nothing would be rescaled. "
-          "Use factors far from 1, e.g. 1e-3 and 1e3, or exact=False."
-      )
+    _checks.check_that(
+        not all(np.all(c == 1.0) for c in jax.tree.leaves(scales)), owner,
+        "every factor of `scales` rounds to 1 (exact mode rounds them to the "
+        "nearest power of two), so nothing would be rescaled",
+        "factors that round to 1",
+        "Use factors far from 1, e.g. 1e-3 and 1e3, or exact=False.",
+    )
   x0 = jax.tree.map(lambda p: jnp.asarray(p, dtype), params)
   gap, disp, ok_ref, ok_scaled = _trajectory_gaps(
       optimizer, rescaled_optimizer, x0, grad_fn, scales, int(steps)

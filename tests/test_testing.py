@@ -279,7 +279,7 @@ def test_power_of_two_rounds_in_log_space():
   c = np.array([1e-3, 0.7, 1.0, 1.5, 10.0, 1e3])
   np.testing.assert_array_equal(testing.power_of_two(c), 2.0 ** np.round(np.log2(c)))
   assert testing.power_of_two({"a": 3.0})["a"] == 4.0
-  with pytest.raises(ValueError, match="finite and > 0"):
+  with pytest.raises(ValueError, match=r"`scales` must be > 0 and finite, got -1.0"):
     testing.power_of_two(-1.0)
 
 
