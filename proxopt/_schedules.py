@@ -39,7 +39,6 @@ Classic optimizers driven by these schedules are :func:`proxopt.classic`
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -49,6 +48,7 @@ import numpy as np
 import optax
 
 from proxopt import _checks
+from proxopt import _nnx
 from proxopt._proximal import ScalarOrSchedule
 
 Schedule = Callable[[jax.Array], jax.Array]
@@ -361,43 +361,14 @@ def _plateau_states(tree: Any) -> list[ReduceOnPlateauState]:
   ]
 
 
-def _nnx_variable_type():
-  # Only look for flax when it is already imported: without flax there can be
-  # no nnx Variables, and proxopt does not depend on flax.
-  if "flax" not in sys.modules:
-    return None
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  return nnx.Variable
-
-
 def _holds_nnx_variables(tree: Any) -> bool:
-  var = _nnx_variable_type()
-  if var is None:
-    return False
-  return any(
-      isinstance(getattr(st, f), var)
-      for st in _plateau_states(tree) for f in st._fields
+  return _nnx.holds_variables(
+      getattr(st, f) for st in _plateau_states(tree) for f in st._fields
   )
 
 
 def _unwrap(st: ReduceOnPlateauState) -> ReduceOnPlateauState:
-  var = _nnx_variable_type()
-  if var is None:
-    return st
-  return ReduceOnPlateauState(
-      *(_get_variable(x) if isinstance(x, var) else x for x in st)
-  )
-
-
-def _get_variable(v):
-  return v.get_value() if hasattr(v, "get_value") else v.value
-
-
-def _set_variable(v, value):
-  if hasattr(v, "set_value"):
-    v.set_value(value)
-  else:
-    v.value = value
+  return ReduceOnPlateauState(*_nnx.unwrap(st))
 
 
 _NO_STATE_FIX = (
@@ -521,7 +492,7 @@ class ReduceOnPlateau:
       for st in _plateau_states(tree):
         new = self._observe_one(_unwrap(st), metric)
         for field, value in zip(st._fields, new):
-          _set_variable(getattr(st, field), value)
+          _nnx.set_value(getattr(st, field), value)
       return tree
     return jax.tree.map(
         lambda x: self._observe_one(x, metric) if _is_plateau_state(x) else x,

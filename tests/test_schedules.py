@@ -833,3 +833,14 @@ def test_classic_optax_kwargs_is_a_dict():
     proxopt.classic("adam", 0.1, optax_kwargs=[("eps", 0.0)])
   with pytest.raises(TypeError, match=r"takes only `momentum`"):
     proxopt.classic("sgd", 0.1, optax_kwargs={"eps": 0.0})
+
+
+def test_flax_interop_lives_in_its_own_module():
+  # Issue #23 (code shape): one concept per private module. The schedules do
+  # not sniff whether Flax is loaded; proxopt._nnx does, for observe().
+  import inspect
+  from proxopt import _nnx, _schedules
+  src = inspect.getsource(_schedules)
+  assert "sys.modules" not in src and "from flax" not in src
+  assert _nnx.unwrap([1, 2.0]) == [1, 2.0]
+  assert not _nnx.holds_variables([jnp.ones(2), 3])
