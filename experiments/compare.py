@@ -15,10 +15,11 @@ r"""The main job: what scale-freeness means, shown in three parts in a few CPU m
    paper's alpha (``resnet20-nobn-*`` recipes, constant step size) and one
    lambda, 5e-3 (in the paper's grid; ``--lam``; the recipes' 5e-4 / 5e-5
    barely act within 72 steps), the loss x1 and x``--multiplier``, on the
-   embedded sample (or ``--dataset``). The residual branches start at zero
-   (``--zero-init-residual``: with the paper's initialisation a no-BN ResNet
-   stays at chance for the first epochs, see the depth study), so the
-   networks learn in a few epochs.
+   embedded sample (or ``--dataset``). The residual branches whose shortcut is
+   the identity start at zero (``--zero-init-residual``: with the paper's
+   initialisation a no-BN ResNet stays at chance for the first epochs, see
+   the depth study), so the networks learn in a few epochs; the two
+   downsampling blocks keep their drawn weights, so no channel is dead.
 
 It prints a table per part with two lines saying what it shows, writes
 ``OUT/compare.json`` (every number) and ``OUT/compare.png`` (one panel per
@@ -283,8 +284,8 @@ def main(argv=None) -> int:
   if cifar:
     sections.append((
         f"3. {(args.model or 'resnet20').replace('resnet', 'ResNet-')} without BatchNorm on "
-        f"{args.dataset}, {args.epochs} epochs, constant step size, residual branches "
-        "initialised at zero", cifar_table(cifar),
+        f"{args.dataset}, {args.epochs} epochs, constant step size, identity-shortcut "
+        "residual branches initialised at zero", cifar_table(cifar),
         explain_cifar(cifar, args.multiplier)))
   for title, table, note in sections:
     print(f"\n{title}\n\n{table}\n\n{note}")

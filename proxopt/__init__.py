@@ -24,6 +24,7 @@ is a public namespace of assertions for users' test suites.
 
 from proxopt import testing
 from proxopt._aliases import adam_l2, adamprox, adamw, sgd_l2, sgdprox, sgdw
+from proxopt._classic import CLASSIC_OPTIMIZERS, classic
 from proxopt._conventions import optax_to_paper, paper_hyperparams, paper_to_optax
 from proxopt._diagnostics import (
     ScaleSpread,
@@ -48,10 +49,8 @@ from proxopt._regularizers import (
     regularizer_value,
 )
 from proxopt._schedules import (
-    CLASSIC_OPTIMIZERS,
     ReduceOnPlateau,
     ReduceOnPlateauState,
-    classic,
     cosine_per_epoch,
     multistep_decay,
     reduce_on_plateau,
@@ -60,7 +59,7 @@ from proxopt._schedules import (
 )
 from proxopt._version import __version__
 
-# Grouped as in the API reference (docs/api.md); tests check every name is
+# Grouped as in the API reference (docs/api/*.md); tests check every name is
 # documented there.
 __all__ = (
     # optimizers

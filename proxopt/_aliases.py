@@ -19,7 +19,7 @@ not. Every alias is an ``optax.chain`` of Optax primitives
 
 ``convention="paper"`` reads ``weight_decay`` as the paper's lambda, which
 decays by ``lambda * eta_t`` with ``eta_t = lr_t / alpha`` (``alpha`` defaults
-to a constant ``learning_rate``); see :mod:`proxopt.conventions`. Adam-L2's
+to a constant ``learning_rate``); see :func:`proxopt.paper_to_optax`. Adam-L2's
 coefficient is the same in every convention.
 
 Signatures are optax's: the Adam aliases take ``optax.adamw``'s parameters
@@ -43,6 +43,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 
 from proxopt import _checks
@@ -73,7 +74,7 @@ def _validated(
 
   def update_fn(updates, state, params=None, **extra_args):
     # Every alias decays, so every alias needs params: say so up front.
-    _checks.require_params(params, owner)
+    _checks.check_params_given(params, owner)
     with jax.numpy_dtype_promotion("standard"):
       return tx.update(updates, state, params, **extra_args)
 
@@ -120,6 +121,26 @@ def _build(owner, make, learning_rate, weight_decay, mask, convention, alpha):
   return _validated(make(learning_rate, wd), owner)
 
 
+def _decayed_weights(weight_decay, mask, owner):
+  """``optax.add_decayed_weights`` (masked), with an array ``weight_decay``
+  checked against every leaf it decays at ``init``.
+
+  optax fails inside ``update`` with a raw broadcasting error; this names the
+  argument and the parameter's path, as adamprox's prox does.
+  """
+  tx = optax.add_decayed_weights(weight_decay)
+
+  def init_fn(params):
+    if _checks.is_concrete_array(weight_decay) and np.ndim(weight_decay) > 0:
+      # Under optax.masked, `params` holds only the decayed leaves.
+      _checks.check_broadcasts_to_leaves("weight_decay", weight_decay, params, owner)
+    return tx.init(params)
+
+  return with_checked_mask(
+      optax.GradientTransformation(init_fn, tx.update), mask, owner
+  )
+
+
 def _adam(b1, b2, eps, eps_root, mu_dtype, nesterov, track_direction):
   adam = optax.scale_by_adam(
       b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype,
@@ -136,81 +157,11 @@ def _momentum(momentum, nesterov, accumulator_dtype, owner):
   # on how the value was given.
   if momentum is None:
     return optax.identity()
-  _checks.check_hyperparam("momentum", momentum, owner)
-  if _checks.is_concrete_number(momentum) and not 0.0 <= float(momentum) <= 1.0:
-    raise ValueError(
-        f"{owner}: `momentum` must be in [0, 1] or None, got {momentum!r}."
-    )
   return optax.trace(
       decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype
   )
 
 
-_ADAM_ARGS = """
-    learning_rate: the step size ``s_t``: a float, an Optax schedule
-      ``count -> s_t``, or a :func:`proxopt.reduce_on_plateau`.
-    b1: exponential decay rate of the first moment (as ``optax.adam``).
-    b2: exponential decay rate of the second moment.
-    eps: added to ``sqrt(v_hat)`` in the denominator; ``0`` makes the
-      direction exactly scale-free.
-    eps_root: added to ``v_hat`` inside the square root.
-    mu_dtype: dtype of the first-moment accumulator (``None``: params').
-    weight_decay: {wd}
-    mask: which leaves {masked}: a pytree of bools like params (or a prefix),
-      or a callable ``params -> mask``. With ``optax.inject_hyperparams`` pass
-      ``static_args=("mask",)``, or a plateau schedule directly as
-      ``learning_rate``.
-    nesterov: use Nesterov momentum in Adam (NAdam), as ``optax.adam``.
-    convention: ``"optax"`` (``weight_decay`` decays by ``lr_t * wd``, as
-      ``optax.adamw``/``torch.optim.AdamW``) or ``"paper"`` (``weight_decay``
-      is the paper's ``lambda``, decaying by ``lambda * lr_t / alpha``).{l2note}
-    alpha: the paper's base step size (``convention="paper"`` only); defaults
-      to a constant ``learning_rate`` or a plateau's constant base.
-    track_direction: histogram ``log2|d_t|`` of the Adam direction in the
-      state (:func:`proxopt.update_scale_summary`); updates are unchanged.
-"""
-
-_SGD_ARGS = """
-    learning_rate: the step size ``s_t``: a float, an Optax schedule
-      ``count -> s_t``, or a :func:`proxopt.reduce_on_plateau`.
-    momentum: heavy-ball momentum ``beta`` (``None``: no momentum buffer), as
-      ``optax.sgd``: ``m_t = g_t + beta m_{{t-1}}``.
-    nesterov: use Nesterov momentum.
-    accumulator_dtype: dtype of the momentum buffer (``None``: params').
-    weight_decay: {wd}
-    mask: which leaves {masked}: a pytree of bools like params (or a prefix),
-      or a callable ``params -> mask``.
-    convention: ``"optax"`` or ``"paper"`` (as for :func:`proxopt.adamw`).{l2note}
-    alpha: the paper's base step size (``convention="paper"`` only).
-"""
-
-_L2_NOTE = (
-    "\n      The L2 coefficient is the same number in both conventions; the "
-    "argument\n      is accepted for a uniform signature."
-)
-_DECOUPLED_WD = (
-    "the decay coefficient ``wd >= 0`` (optax/PyTorch\n"
-    "      convention, ``lambda_paper / alpha``): a float or a schedule."
-)
-_L2_WD = "the L2 coefficient ``wd >= 0`` added to the gradient (a float\n      or a schedule)."
-_REFERENCES = """
-  References:
-    Zhuang, Liu, Cutkosky, Orabona, "Understanding AdamW through Proximal
-    Methods and Scale-Freeness", TMLR 2022 (arXiv 2202.00089); Loshchilov and
-    Hutter, "Decoupled Weight Decay Regularization", ICLR 2019; Kingma and Ba,
-    "Adam: A Method for Stochastic Optimization", ICLR 2015.
-"""
-
-
-def _doc(template, **kw):
-  def decorate(fn):
-    fn.__doc__ = fn.__doc__.replace("{ARGS}", template.format(**kw).strip("\n"))
-    fn.__doc__ = fn.__doc__.replace("{REFERENCES}", _REFERENCES.strip("\n"))
-    return fn
-  return decorate
-
-
-@_doc(_ADAM_ARGS, wd=_L2_WD, masked="get the L2 penalty", l2note=_L2_NOTE)
 def adam_l2(
     learning_rate: LearningRate,
     b1: float = 0.9,
@@ -230,35 +181,74 @@ def adam_l2(
 
   .. math::
     g_t \leftarrow g_t + \mathrm{wd}\, x_{t-1}, \qquad
-    x_t = x_{t-1} - s_t \frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon}.
+    x_t = x_{t-1} - s_t \frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon},
 
-  Equals ``torch.optim.Adam(weight_decay=wd)``. Not scale-free for
-  ``wd > 0``: rescaling the gradients changes the balance between the loss
-  and the penalty inside the normalisation.
+  with :math:`\hat m_t, \hat v_t` Adam's bias-corrected moments of the
+  penalised gradient. Equals ``torch.optim.Adam(weight_decay=wd)``. Built as
+  ``chain(add_decayed_weights(wd), scale_by_adam, scale_by_learning_rate)``.
+  Not scale-free for ``wd > 0``: rescaling the gradients changes the balance
+  between the loss and the penalty inside the normalisation (Zhuang et al.,
+  2022), which :func:`adamw` and :func:`adamprox` avoid.
 
   Args:
-{ARGS}
+    learning_rate: the step size ``s_t``: a float, an Optax schedule
+      ``count -> s_t``, or a :func:`proxopt.reduce_on_plateau` (then the
+      chain is wrapped in ``optax.inject_hyperparams`` for you).
+    b1: exponential decay rate of the first moment, in ``[0, 1)`` (as
+      ``optax.adam``).
+    b2: exponential decay rate of the second moment, in ``[0, 1)``.
+    eps: added to ``sqrt(v_hat)`` in the denominator, ``>= 0``.
+    eps_root: added to ``v_hat`` inside the square root, ``>= 0``.
+    mu_dtype: dtype of the first-moment accumulator (``None``: params').
+    weight_decay: the L2 coefficient ``wd >= 0`` added to the gradient: a
+      float or a schedule.
+    mask: which leaves get the L2 penalty: a pytree of bools like params (or
+      a prefix of it), or a callable ``params -> mask``. With
+      ``optax.inject_hyperparams`` pass ``static_args=("mask",)``, or a
+      plateau schedule directly as ``learning_rate``.
+    nesterov: use Nesterov momentum in Adam (NAdam), as ``optax.adam``.
+    convention: ``"optax"`` or ``"paper"``, accepted for a signature uniform
+      with :func:`adamw`; the L2 coefficient is the same number in both
+      conventions, so both give the same optimizer.
+    alpha: the paper's base step size (``convention="paper"`` only; unused
+      by the L2 coupling).
+    track_direction: histogram ``log2|d_t|`` of the Adam direction in the
+      state (:func:`proxopt.update_scale_summary`); updates are unchanged.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
 
-  Example:
+  Raises:
+    ValueError, TypeError: at construction, on a negative, infinite or
+      non-numeric ``learning_rate``/``weight_decay``, ``b1``/``b2`` outside
+      ``[0, 1)``, a negative ``eps``/``eps_root``, a non-bool ``nesterov``,
+      an unknown ``convention`` or ``alpha`` without ``convention="paper"``.
+
+  Example (the normaliser turns the penalty alone into a full step):
     >>> import jax.numpy as jnp, optax, proxopt
     >>> tx = proxopt.adam_l2(1e-3, weight_decay=5e-4)
     >>> params = {"w": jnp.ones(3)}
-    >>> updates, state = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
-    >>> params = optax.apply_updates(params, updates)
+    >>> updates, state = tx.update({"w": jnp.zeros(3)}, tx.init(params), params)
+    >>> round(float(updates["w"][0]), 6)  # -s * wd / (wd + eps), not -s * wd
+    -0.001
 
-{REFERENCES}
+  References:
+    Zhuang, Liu, Cutkosky, Orabona, `Understanding AdamW through Proximal
+    Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR
+    2022; Loshchilov and Hutter, `Decoupled Weight Decay Regularization
+    <https://arxiv.org/abs/1711.05101>`_, ICLR 2019; Kingma and Ba, `Adam: A
+    Method for Stochastic Optimization <https://arxiv.org/abs/1412.6980>`_,
+    ICLR 2015.
   """
   owner = "proxopt.adam_l2"
+  _checks.check_adam_hyperparams(b1, b2, eps, eps_root, nesterov, owner)
   decoupled_weight_decay_coefficient(  # validates `convention` and `alpha`
       weight_decay, 1.0, convention, alpha, owner
   )
 
   def make(lr, _):
     return optax.chain(
-        with_checked_mask(optax.add_decayed_weights(weight_decay), mask, owner),
+        _decayed_weights(weight_decay, mask, owner),
         _adam(b1, b2, eps, eps_root, mu_dtype, nesterov, track_direction),
         optax.scale_by_learning_rate(lr),
     )
@@ -266,7 +256,6 @@ def adam_l2(
   return _build(owner, make, learning_rate, weight_decay, mask, "optax", None)
 
 
-@_doc(_ADAM_ARGS, wd=_DECOUPLED_WD, masked="are decayed", l2note="")
 def adamw(
     learning_rate: LearningRate,
     b1: float = 0.9,
@@ -288,19 +277,52 @@ def adamw(
     d_t = \frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon}, \qquad
     x_t = x_{t-1} - s_t \left(d_t + \mathrm{wd}\, x_{t-1}\right).
 
-  The same chain as ``optax.adamw`` (same arguments, same positions) and the
-  same update as ``torch.optim.AdamW``. With ``convention="paper"``,
-  ``weight_decay`` is the paper's ``lambda`` and the per-step decay is
-  ``lambda * s_t / alpha``. AdamW is the first-order approximation of
-  :func:`adamprox`.
+  The same chain as ``optax.adamw`` (``scale_by_adam``,
+  ``add_decayed_weights``, ``scale_by_learning_rate``; same arguments, same
+  positions) and the same update as ``torch.optim.AdamW``. With
+  ``convention="paper"``, ``weight_decay`` is the paper's ``lambda`` and the
+  per-step decay is ``lambda * s_t / alpha``. AdamW is the first-order
+  approximation of :func:`adamprox`.
 
   Args:
-{ARGS}
+    learning_rate: the step size ``s_t``: a float, an Optax schedule
+      ``count -> s_t``, or a :func:`proxopt.reduce_on_plateau` (then the
+      chain is wrapped in ``optax.inject_hyperparams`` for you).
+    b1: exponential decay rate of the first moment, in ``[0, 1)`` (as
+      ``optax.adam``).
+    b2: exponential decay rate of the second moment, in ``[0, 1)``.
+    eps: added to ``sqrt(v_hat)`` in the denominator, ``>= 0``; ``0`` makes
+      the direction exactly scale-free.
+    eps_root: added to ``v_hat`` inside the square root, ``>= 0``.
+    mu_dtype: dtype of the first-moment accumulator (``None``: params').
+    weight_decay: the decay coefficient ``wd >= 0`` (optax/PyTorch
+      convention, ``lambda_paper / alpha``): a float, an array that
+      broadcasts to every decayed leaf, or a schedule.
+    mask: which leaves are decayed: a pytree of bools like params (or a
+      prefix of it), or a callable ``params -> mask``. With
+      ``optax.inject_hyperparams`` pass ``static_args=("mask",)``, or a
+      plateau schedule directly as ``learning_rate``.
+    nesterov: use Nesterov momentum in Adam (NAdam), as ``optax.adam``.
+    convention: ``"optax"`` (``weight_decay`` decays by ``lr_t * wd``, as
+      ``optax.adamw``/``torch.optim.AdamW``) or ``"paper"`` (``weight_decay``
+      is the paper's ``lambda``, decaying by ``lambda * lr_t / alpha``).
+    alpha: the paper's base step size (``convention="paper"`` only); defaults
+      to a constant ``learning_rate`` or a plateau's constant base.
+    track_direction: histogram ``log2|d_t|`` of the Adam direction in the
+      state (:func:`proxopt.update_scale_summary`); updates are unchanged.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
 
-  Example:
+  Raises:
+    ValueError, TypeError: at construction, on a negative, infinite or
+      non-numeric ``learning_rate``/``weight_decay``, ``b1``/``b2`` outside
+      ``[0, 1)``, a negative ``eps``/``eps_root``, a non-bool ``nesterov``,
+      an unknown ``convention`` or ``alpha`` without ``convention="paper"``;
+      at ``init``, on an array ``weight_decay`` that does not broadcast to a
+      decayed leaf (the path is named).
+
+  Example (the paper's lambda = 1e-4 at alpha = 5e-4 is optax's 0.2):
     >>> import jax.numpy as jnp, optax, proxopt
     >>> tx = proxopt.adamw(5e-4, weight_decay=1e-4, convention="paper")
     >>> params = {"w": jnp.ones(3)}   # optax weight_decay = 1e-4 / 5e-4 = 0.2
@@ -308,21 +330,27 @@ def adamw(
     >>> round(float(updates["w"][0]), 9)  # -lr * wd * x = -5e-4 * 0.2
     -0.0001
 
-{REFERENCES}
+  References:
+    Loshchilov and Hutter, `Decoupled Weight Decay Regularization
+    <https://arxiv.org/abs/1711.05101>`_, ICLR 2019; Zhuang, Liu, Cutkosky,
+    Orabona, `Understanding AdamW through Proximal Methods and
+    Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR 2022; Kingma
+    and Ba, `Adam: A Method for Stochastic Optimization
+    <https://arxiv.org/abs/1412.6980>`_, ICLR 2015.
   """
   owner = "proxopt.adamw"
+  _checks.check_adam_hyperparams(b1, b2, eps, eps_root, nesterov, owner)
 
   def make(lr, wd):
     return optax.chain(
         _adam(b1, b2, eps, eps_root, mu_dtype, nesterov, track_direction),
-        with_checked_mask(optax.add_decayed_weights(wd), mask, owner),
+        _decayed_weights(wd, mask, owner),
         optax.scale_by_learning_rate(lr),
     )
 
   return _build(owner, make, learning_rate, weight_decay, mask, convention, alpha)
 
 
-@_doc(_ADAM_ARGS, wd=_DECOUPLED_WD, masked="get the prox", l2note="")
 def adamprox(
     learning_rate: LearningRate,
     b1: float = 0.9,
@@ -354,12 +382,45 @@ def adamprox(
   ``1 + lambda * eta_t``.
 
   Args:
-{ARGS}
+    learning_rate: the step size ``s_t``: a float, an Optax schedule
+      ``count -> s_t``, or a :func:`proxopt.reduce_on_plateau` (then the
+      chain is wrapped in ``optax.inject_hyperparams`` for you, and the prox
+      reads the reduced ``s_t``).
+    b1: exponential decay rate of the first moment, in ``[0, 1)`` (as
+      ``optax.adam``).
+    b2: exponential decay rate of the second moment, in ``[0, 1)``.
+    eps: added to ``sqrt(v_hat)`` in the denominator, ``>= 0``; ``0`` makes
+      the direction exactly scale-free.
+    eps_root: added to ``v_hat`` inside the square root, ``>= 0``.
+    mu_dtype: dtype of the first-moment accumulator (``None``: params').
+    weight_decay: the decay coefficient ``wd >= 0`` (optax/PyTorch
+      convention, ``lambda_paper / alpha``): a float, an array that
+      broadcasts to every leaf it acts on, or a schedule.
+    mask: which leaves get the prox: a pytree of bools like params (or a
+      prefix of it), or a callable ``params -> mask``. With
+      ``optax.inject_hyperparams`` pass ``static_args=("mask",)``, or a
+      plateau schedule directly as ``learning_rate``.
+    nesterov: use Nesterov momentum in Adam (NAdam), as ``optax.adam``.
+    convention: ``"optax"`` (``weight_decay`` is ``wd`` above, as for
+      ``optax.adamw``/``torch.optim.AdamW``) or ``"paper"`` (``weight_decay``
+      is the paper's ``lambda``, and ``wd = lambda / alpha``).
+    alpha: the paper's base step size (``convention="paper"`` only); defaults
+      to a constant ``learning_rate`` or a plateau's constant base.
+    track_direction: histogram ``log2|d_t|`` of the Adam direction in the
+      state (:func:`proxopt.update_scale_summary`); updates are unchanged.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
 
-  Example:
+  Raises:
+    ValueError, TypeError: at construction, on a negative, infinite or
+      non-numeric ``learning_rate``/``weight_decay``, ``b1``/``b2`` outside
+      ``[0, 1)``, a negative ``eps``/``eps_root``, a non-bool ``nesterov``,
+      an unknown ``convention`` or ``alpha`` without ``convention="paper"``;
+      at ``init``, on an array ``weight_decay`` that does not broadcast to a
+      leaf (the path is named).
+
+  Example (with a zero gradient the step is the prox alone, a division):
     >>> import jax.numpy as jnp, optax, proxopt
     >>> tx = proxopt.adamprox(0.1, weight_decay=1.0)
     >>> params = {"w": jnp.array([1.1])}
@@ -367,9 +428,15 @@ def adamprox(
     >>> optax.apply_updates(params, updates)["w"]  # 1.1 / (1 + 0.1 * 1.0)
     Array([1.], dtype=float32)
 
-{REFERENCES}
+  References:
+    Zhuang, Liu, Cutkosky, Orabona, `Understanding AdamW through Proximal
+    Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR
+    2022 (AdamProx, Eq. 4); Parikh and Boyd, "Proximal Algorithms", Found.
+    Trends Optim. 2014; Kingma and Ba, `Adam: A Method for Stochastic
+    Optimization <https://arxiv.org/abs/1412.6980>`_, ICLR 2015.
   """
   owner = "proxopt.adamprox"
+  _checks.check_adam_hyperparams(b1, b2, eps, eps_root, nesterov, owner)
 
   def make(lr, wd):
     return optax.chain(
@@ -381,7 +448,6 @@ def adamprox(
   return _build(owner, make, learning_rate, weight_decay, mask, convention, alpha)
 
 
-@_doc(_SGD_ARGS, wd=_L2_WD, masked="get the L2 penalty", l2note=_L2_NOTE)
 def sgd_l2(
     learning_rate: LearningRate,
     momentum: float | None = None,
@@ -400,13 +466,40 @@ def sgd_l2(
     m_t = g_t + \beta m_{t-1}, \quad x_t = x_{t-1} - s_t m_t.
 
   Equals ``torch.optim.SGD(lr, momentum, weight_decay=wd, nesterov=...)``
-  (dampening 0). With plain SGD, L2 and decoupled decay coincide.
+  (dampening 0). Built as ``chain(add_decayed_weights(wd), trace(beta),
+  scale_by_learning_rate)``. With plain SGD (no momentum) L2 and decoupled
+  decay coincide; with momentum the penalty's gradient is accumulated in the
+  buffer, unlike :func:`sgdw`.
 
   Args:
-{ARGS}
+    learning_rate: the step size ``s_t``: a float, an Optax schedule
+      ``count -> s_t``, or a :func:`proxopt.reduce_on_plateau` (then the
+      chain is wrapped in ``optax.inject_hyperparams`` for you).
+    momentum: heavy-ball momentum ``beta`` in ``[0, 1)`` (``None``: no
+      momentum buffer), as ``optax.sgd``: ``m_t = g_t + beta m_{t-1}``.
+    nesterov: use Nesterov momentum (a bool). It is ``optax.sgd``'s third
+      positional argument, so ``sgd_l2(lr, 0.9, 5e-4)`` is refused: pass
+      ``weight_decay=`` by keyword.
+    accumulator_dtype: dtype of the momentum buffer (``None``: params').
+    weight_decay: the L2 coefficient ``wd >= 0`` added to the gradient: a
+      float or a schedule.
+    mask: which leaves get the L2 penalty: a pytree of bools like params (or
+      a prefix of it), or a callable ``params -> mask``. With
+      ``optax.inject_hyperparams`` pass ``static_args=("mask",)``.
+    convention: ``"optax"`` or ``"paper"``, accepted for a signature uniform
+      with :func:`sgdw`; the L2 coefficient is the same number in both
+      conventions, so both give the same optimizer.
+    alpha: the paper's base step size (``convention="paper"`` only; unused
+      by the L2 coupling).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
+
+  Raises:
+    ValueError, TypeError: at construction, on a negative, infinite or
+      non-numeric ``learning_rate``/``weight_decay``, a ``momentum`` outside
+      ``[0, 1)``, a non-bool ``nesterov``, an unknown ``convention`` or
+      ``alpha`` without ``convention="paper"``.
 
   Example:
     >>> import jax.numpy as jnp, proxopt
@@ -417,15 +510,19 @@ def sgd_l2(
     -0.10001
 
   References:
-    Zhuang, Liu, Cutkosky, Orabona, TMLR 2022 (arXiv 2202.00089), for the
-    L2 vs decoupled comparison; Loshchilov and Hutter, ICLR 2019.
+    Zhuang, Liu, Cutkosky, Orabona, `Understanding AdamW through Proximal
+    Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR
+    2022, for the L2 vs decoupled comparison; Loshchilov and Hutter,
+    `Decoupled Weight Decay Regularization
+    <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
   """
   owner = "proxopt.sgd_l2"
+  _checks.check_sgd_hyperparams(momentum, nesterov, owner)
   decoupled_weight_decay_coefficient(weight_decay, 1.0, convention, alpha, owner)
 
   def make(lr, _):
     return optax.chain(
-        with_checked_mask(optax.add_decayed_weights(weight_decay), mask, owner),
+        _decayed_weights(weight_decay, mask, owner),
         _momentum(momentum, nesterov, accumulator_dtype, owner),
         optax.scale_by_learning_rate(lr),
     )
@@ -433,7 +530,6 @@ def sgd_l2(
   return _build(owner, make, learning_rate, weight_decay, mask, "optax", None)
 
 
-@_doc(_SGD_ARGS, wd=_DECOUPLED_WD, masked="are decayed", l2note="")
 def sgdw(
     learning_rate: LearningRate,
     momentum: float | None = None,
@@ -451,36 +547,72 @@ def sgdw(
     m_t = g_t + \beta m_{t-1}, \qquad
     x_t = x_{t-1} - s_t \left(m_t + \mathrm{wd}\, x_{t-1}\right).
 
+  Built as ``chain(trace(beta), add_decayed_weights(wd),
+  scale_by_learning_rate)``: the decay is not accumulated in the momentum
+  buffer (Loshchilov and Hutter's SGDW). With ``convention="paper"``,
+  ``weight_decay`` is the paper's ``lambda`` and the per-step decay is
+  ``lambda * s_t / alpha``; SGDW is the first-order approximation of
+  :func:`sgdprox`.
+
   Args:
-{ARGS}
+    learning_rate: the step size ``s_t``: a float, an Optax schedule
+      ``count -> s_t``, or a :func:`proxopt.reduce_on_plateau` (then the
+      chain is wrapped in ``optax.inject_hyperparams`` for you).
+    momentum: heavy-ball momentum ``beta`` in ``[0, 1)`` (``None``: no
+      momentum buffer), as ``optax.sgd``: ``m_t = g_t + beta m_{t-1}``.
+    nesterov: use Nesterov momentum (a bool). It is ``optax.sgd``'s third
+      positional argument, so ``sgdw(lr, 0.9, 5e-4)`` is refused: pass
+      ``weight_decay=`` by keyword.
+    accumulator_dtype: dtype of the momentum buffer (``None``: params').
+    weight_decay: the decay coefficient ``wd >= 0`` (optax/PyTorch
+      convention, ``lambda_paper / alpha``): a float, an array that
+      broadcasts to every decayed leaf, or a schedule.
+    mask: which leaves are decayed: a pytree of bools like params (or a
+      prefix of it), or a callable ``params -> mask``. With
+      ``optax.inject_hyperparams`` pass ``static_args=("mask",)``.
+    convention: ``"optax"`` (``weight_decay`` decays by ``lr_t * wd``, as
+      ``torch.optim.SGD`` does for plain SGD) or ``"paper"``
+      (``weight_decay`` is the paper's ``lambda``, decaying by
+      ``lambda * lr_t / alpha``).
+    alpha: the paper's base step size (``convention="paper"`` only); defaults
+      to a constant ``learning_rate`` or a plateau's constant base.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
+
+  Raises:
+    ValueError, TypeError: at construction, on a negative, infinite or
+      non-numeric ``learning_rate``/``weight_decay``, a ``momentum`` outside
+      ``[0, 1)``, a non-bool ``nesterov``, an unknown ``convention`` or
+      ``alpha`` without ``convention="paper"``.
 
   Example:
     >>> import jax.numpy as jnp, proxopt
     >>> tx = proxopt.sgdw(0.1, momentum=0.9, weight_decay=1e-2)
     >>> params = {"w": jnp.ones(2)}
     >>> updates, state = tx.update({"w": jnp.zeros(2)}, tx.init(params), params)
-    >>> round(float(updates["w"][0]), 9)
+    >>> round(float(updates["w"][0]), 9)  # -lr * wd * x = -0.1 * 1e-2
     -0.001
 
   References:
-    Loshchilov and Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
+    Loshchilov and Hutter, `Decoupled Weight Decay Regularization
+    <https://arxiv.org/abs/1711.05101>`_, ICLR 2019; Zhuang, Liu, Cutkosky,
+    Orabona, `Understanding AdamW through Proximal Methods and
+    Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR 2022.
   """
   owner = "proxopt.sgdw"
+  _checks.check_sgd_hyperparams(momentum, nesterov, owner)
 
   def make(lr, wd):
     return optax.chain(
         _momentum(momentum, nesterov, accumulator_dtype, owner),
-        with_checked_mask(optax.add_decayed_weights(wd), mask, owner),
+        _decayed_weights(wd, mask, owner),
         optax.scale_by_learning_rate(lr),
     )
 
   return _build(owner, make, learning_rate, weight_decay, mask, convention, alpha)
 
 
-@_doc(_SGD_ARGS, wd=_DECOUPLED_WD, masked="get the prox", l2note="")
 def sgdprox(
     learning_rate: LearningRate,
     momentum: float | None = None,
@@ -496,17 +628,50 @@ def sgdprox(
 
   .. math::
     m_t = g_t + \beta m_{t-1}, \qquad
-    x_t = \frac{x_{t-1} - s_t m_t}{1 + s_t\, \mathrm{wd}_t}.
+    x_t = \frac{x_{t-1} - s_t m_t}{1 + s_t\, \mathrm{wd}_t}
+        = \mathrm{prox}_{s_t \frac{\mathrm{wd}_t}{2}\|\cdot\|^2}
+          \left(x_{t-1} - s_t m_t\right).
 
-  Both the step size and ``weight_decay`` may be schedules.
+  Built as ``chain(trace(beta), scale_by_learning_rate,
+  proximal(l2_squared(wd)))``; both the step size and ``weight_decay`` may
+  be schedules (the prox is exact at each step's ``s_t * wd_t``). With
+  ``convention="paper"`` the divisor is ``1 + lambda * eta_t``. :func:`sgdw`
+  is its first-order approximation.
 
   Args:
-{ARGS}
+    learning_rate: the step size ``s_t``: a float, an Optax schedule
+      ``count -> s_t``, or a :func:`proxopt.reduce_on_plateau` (then the
+      chain is wrapped in ``optax.inject_hyperparams`` for you, and the prox
+      reads the reduced ``s_t``).
+    momentum: heavy-ball momentum ``beta`` in ``[0, 1)`` (``None``: no
+      momentum buffer), as ``optax.sgd``: ``m_t = g_t + beta m_{t-1}``.
+    nesterov: use Nesterov momentum (a bool). It is ``optax.sgd``'s third
+      positional argument, so ``sgdprox(lr, 0.9, 5e-4)`` is refused: pass
+      ``weight_decay=`` by keyword.
+    accumulator_dtype: dtype of the momentum buffer (``None``: params').
+    weight_decay: the decay coefficient ``wd >= 0`` (optax/PyTorch
+      convention, ``lambda_paper / alpha``): a float, an array that
+      broadcasts to every leaf it acts on, or a schedule.
+    mask: which leaves get the prox: a pytree of bools like params (or a
+      prefix of it), or a callable ``params -> mask``. With
+      ``optax.inject_hyperparams`` pass ``static_args=("mask",)``.
+    convention: ``"optax"`` (``weight_decay`` is ``wd`` above) or
+      ``"paper"`` (``weight_decay`` is the paper's ``lambda``, and
+      ``wd = lambda / alpha``).
+    alpha: the paper's base step size (``convention="paper"`` only); defaults
+      to a constant ``learning_rate`` or a plateau's constant base.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
 
-  Example:
+  Raises:
+    ValueError, TypeError: at construction, on a negative, infinite or
+      non-numeric ``learning_rate``/``weight_decay``, a ``momentum`` outside
+      ``[0, 1)``, a non-bool ``nesterov``, an unknown ``convention`` or
+      ``alpha`` without ``convention="paper"``; at ``init``, on an array
+      ``weight_decay`` that does not broadcast to a leaf (the path is named).
+
+  Example (with a zero gradient the step is the prox alone, a division):
     >>> import jax.numpy as jnp, optax, proxopt
     >>> tx = proxopt.sgdprox(0.5, weight_decay=1.0)
     >>> params = {"w": jnp.array([3.0])}
@@ -515,9 +680,12 @@ def sgdprox(
     Array([2.], dtype=float32)
 
   References:
-    Zhuang, Liu, Cutkosky, Orabona, TMLR 2022 (arXiv 2202.00089).
+    Zhuang, Liu, Cutkosky, Orabona, `Understanding AdamW through Proximal
+    Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR
+    2022; Parikh and Boyd, "Proximal Algorithms", Found. Trends Optim. 2014.
   """
   owner = "proxopt.sgdprox"
+  _checks.check_sgd_hyperparams(momentum, nesterov, owner)
 
   def make(lr, wd):
     return optax.chain(

@@ -67,7 +67,7 @@ def paper_to_optax(alpha: float, lam: float) -> float:
     Zhuang, Liu, Cutkosky, Orabona, `Understanding AdamW through Proximal
     Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR 2022.
   """
-  _check_alpha(alpha)
+  _checks.check_alpha(alpha, "proxopt.paper_to_optax")
   _checks.check_nonnegative("lam", lam, "proxopt.paper_to_optax")
   return lam / alpha
 
@@ -100,7 +100,7 @@ def optax_to_paper(alpha: float, weight_decay: float) -> float:
     Zhuang, Liu, Cutkosky, Orabona, `Understanding AdamW through Proximal
     Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR 2022.
   """
-  _check_alpha(alpha)
+  _checks.check_alpha(alpha, "proxopt.optax_to_paper")
   _checks.check_nonnegative("weight_decay", weight_decay, "proxopt.optax_to_paper")
   return alpha * weight_decay
 
@@ -152,13 +152,6 @@ def paper_hyperparams(
   return {"learning_rate": lambda t: alpha * multiplier(t), "weight_decay": wd}
 
 
-def _check_alpha(alpha):
-  if _checks.is_concrete_number(alpha) and not float(alpha) > 0:
-    raise ValueError(
-        f"`alpha` (the paper's base step size) must be > 0, got {alpha!r}."
-    )
-
-
 def decoupled_weight_decay_coefficient(
     weight_decay: Any,
     learning_rate: Any,
@@ -167,31 +160,33 @@ def decoupled_weight_decay_coefficient(
     owner: str,
 ) -> Any:
   """The optax coefficient for a decoupled decay given in either convention."""
-  if convention not in CONVENTIONS:
-    raise ValueError(
-        f"{owner}: unknown convention={convention!r}; choose one of "
-        f"{CONVENTIONS} ('optax' decays by lr_t*weight_decay, 'paper' by "
-        "lambda*lr_t/alpha)."
-    )
+  _checks.check_one_of(
+      "convention", convention, CONVENTIONS, owner,
+      "'optax' decays by lr_t*weight_decay, 'paper' by lambda*lr_t/alpha.",
+  )
   if convention == "optax":
-    if alpha is not None:
-      # A silently ignored alpha usually means a forgotten convention="paper".
-      raise ValueError(
-          f"{owner}: `alpha={alpha!r}` is only used with convention='paper'. "
-          "Pass convention='paper' (weight_decay is then the paper's lambda) "
-          "or drop alpha."
-      )
+    # A silently ignored alpha usually means a forgotten convention="paper".
+    _checks.check_that(
+        alpha is None, owner,
+        f"`alpha={alpha!r}` is only used with convention='paper'",
+        "convention='optax'",
+        "Pass convention='paper' (weight_decay is then the paper's lambda) "
+        "or drop alpha.",
+    )
     return weight_decay
   if alpha is None:
-    if isinstance(learning_rate, (int, float)) and not isinstance(learning_rate, bool):
-      alpha = learning_rate
-    else:
-      raise ValueError(
-          f"{owner}: convention='paper' with a scheduled or injected "
-          "learning_rate needs `alpha=` (the paper's base step, so that "
-          "eta_t = lr_t / alpha). Pass alpha=<base learning rate>."
-      )
-  _check_alpha(alpha)
+    constant = isinstance(learning_rate, (int, float)) and not isinstance(
+        learning_rate, bool
+    )
+    _checks.check_that(
+        constant, owner,
+        "convention='paper' with a scheduled or injected learning_rate needs "
+        "`alpha=` (the paper's base step, so that eta_t = lr_t / alpha)",
+        f"alpha=None and a learning_rate of type {type(learning_rate).__name__}",
+        "Pass alpha=<base learning rate>.",
+    )
+    alpha = learning_rate
+  _checks.check_alpha(alpha, owner)
   if callable(weight_decay):
     return lambda t: weight_decay(t) / alpha
   return weight_decay / alpha

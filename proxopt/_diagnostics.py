@@ -47,6 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from proxopt import _checks
+
 __all__ = [
     "ScaleSpread",
     "UpdateScaleState",
@@ -88,18 +90,6 @@ class UpdateScaleState(NamedTuple):
   steps: jax.Array  # int32: number of updates histogrammed
   calls: jax.Array  # int32: number of `update` calls (drives `every`)
   edges: jax.Array  # float32 (bins + 1,): bin edges in log2 units
-
-
-def _check_bins(bins, low, high):
-  if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
-    raise ValueError(
-        f"proxopt.track_update_scales: `bins` must be an int >= 1, got {bins!r}."
-    )
-  if not (np.isfinite(low) and np.isfinite(high) and low < high):
-    raise ValueError(
-        "proxopt.track_update_scales: need finite `low` < `high` (log2 "
-        f"units, e.g. low=-32, high=8), got low={low!r}, high={high!r}."
-    )
 
 
 def _saturating_add(old, new):
@@ -206,11 +196,19 @@ def track_update_scales(
     Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR 2022
     (the histograms of the Adam direction, Figure 3).
   """
-  _check_bins(bins, low, high)
-  if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
-    raise ValueError(
-        f"proxopt.track_update_scales: `every` must be an int >= 1, got {every!r}."
-    )
+  owner = "proxopt.track_update_scales"
+  # ValueError for a non-int too, as since the first release.
+  _checks.check_int("bins", bins, owner, minimum=1, wrong_type=ValueError)
+  _checks.check_int(
+      "every", every, owner, minimum=1, wrong_type=ValueError,
+      fix="1 records every update.",
+  )
+  finite = lambda v: _checks.is_concrete_number(v) and bool(np.isfinite(v))
+  _checks.check_that(
+      finite(low) and finite(high) and low < high, owner,
+      "need finite `low` < `high` (log2 units)", f"low={low!r}, high={high!r}",
+      "Use e.g. low=-32, high=8.",
+  )
   inner = optax.with_extra_args_support(inner)
   edges_np = np.linspace(low, high, bins + 1).astype(np.float32)
 
@@ -268,16 +266,15 @@ def _is_tracker(x: Any) -> bool:
   return isinstance(x, UpdateScaleState)
 
 
-def _find_trackers(opt_state: Any) -> list[UpdateScaleState]:
+def _find_trackers(opt_state: Any, owner: str) -> list[UpdateScaleState]:
   found = [
       x for x in jax.tree.leaves(opt_state, is_leaf=_is_tracker) if _is_tracker(x)
   ]
-  if not found:
-    raise ValueError(
-        "proxopt: no UpdateScaleState in this optimizer state. "
-        "Wrap (part of) the optimizer with `proxopt.track_update_scales(...)` "
-        "and pass its state (or any state containing it)."
-    )
+  _checks.check_contains(
+      "opt_state", opt_state, bool(found), "UpdateScaleState", owner,
+      "Wrap (part of) the optimizer with `proxopt.track_update_scales(...)` "
+      "and pass its state (or any state containing it).",
+  )
   return found
 
 
@@ -357,7 +354,7 @@ def update_scale_histogram(opt_state: Any) -> dict[str, Any]:
     Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR 2022
     (the histograms of the Adam direction, Figure 3).
   """
-  trackers = _find_trackers(opt_state)
+  trackers = _find_trackers(opt_state, "proxopt.update_scale_histogram")
   leaves: dict[str, dict[str, Any]] = {}
   for i, tr in enumerate(trackers):
     prefix = f"tracker{i}" if len(trackers) > 1 else ""
@@ -510,19 +507,26 @@ def summarize_histogram(
     Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR 2022
     (the histograms of the Adam direction, Figure 3).
   """
+  owner = "proxopt.summarize_histogram"
   counts = np.asarray(counts, np.float64)
   edges = np.asarray(edges, np.float64)
-  if counts.ndim != 1 or edges.shape != (counts.size + 1,):
-    raise ValueError(
-        "summarize_histogram: need 1-D `counts` and `edges` with "
-        f"len(edges) == len(counts) + 1, got {counts.shape} and {edges.shape}."
-    )
-  q_lo, q_hi = quantiles
-  if not 0 <= q_lo < q_hi <= 1:
-    raise ValueError(
-        f"`quantiles` must be (low, high) with 0 <= low < high <= 1, got "
-        f"{tuple(quantiles)!r}."
-    )
+  _checks.check_that(
+      counts.ndim == 1 and edges.shape == (counts.size + 1,), owner,
+      "need 1-D `counts` and `edges` with len(edges) == len(counts) + 1",
+      f"shapes {counts.shape} and {edges.shape}",
+      "Pass one leaf's arrays from proxopt.update_scale_histogram(state).",
+  )
+  try:
+    q = tuple(quantiles)
+  except TypeError:  # a number: refused below
+    q = ()
+  _checks.check_that(
+      len(q) == 2 and all(_checks.is_concrete_number(v) for v in q)
+      and 0 <= q[0] < q[1] <= 1, owner,
+      "`quantiles` must be (low, high) with 0 <= low < high <= 1",
+      f"{quantiles!r}", "The default is (0.25, 0.75).",
+  )
+  q_lo, q_hi = q
   n = float(counts.sum() + underflow + overflow)
   total = int(n + zeros)
   if n == 0:

@@ -25,6 +25,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from proxopt import _checks
@@ -89,15 +90,18 @@ def with_checked_mask(
 
 
 def _leafwise(
-    make_leaf: Callable[[jax.Array], Callable[[Any, Any], Any]],
+    make_update: Callable[[jax.Array, Any], Callable[..., Any]],
     mask: MaskOrFn,
     owner: str,
     check_params: Callable[[Any], None] | None = None,
 ) -> optax.GradientTransformation:
   """The plumbing `proximal` and `decoupled_weight_decay` share.
 
-  A step counter (for schedules), float-params and params-present checks, and
-  ``leaf = make_leaf(count)`` mapped over ``(updates, params)``.
+  A step counter (for schedules), float-params and params-present checks,
+  and ``fns = make_update(count, params)``, one function ``(u, x) -> u'``
+  per leaf of ``params`` (per-leaf coefficients differ between leaves),
+  applied leaf by leaf. Under ``optax.masked`` the unselected leaves are
+  absent from both ``updates`` and ``params``.
   """
 
   def init_fn(params):
@@ -107,9 +111,12 @@ def _leafwise(
     return StepCountState(count=jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None):
-    _checks.require_params(params, owner)
-    new_updates = jax.tree.map(make_leaf(state.count), updates, params)
-    return new_updates, StepCountState(optax.safe_increment(state.count))
+    _checks.check_params_given(params, owner)
+    fns = make_update(state.count, params)
+    u_leaves, treedef = jax.tree.flatten(updates)
+    x_leaves = treedef.flatten_up_to(params)
+    new = [f(u, x) for f, u, x in zip(fns, u_leaves, x_leaves)]
+    return treedef.unflatten(new), StepCountState(optax.safe_increment(state.count))
 
   tx = optax.GradientTransformation(init_fn, update_fn)
   return with_checked_mask(tx, mask, owner)
@@ -187,19 +194,20 @@ def proximal(
     keep = [True] * len(jax.tree.leaves(params))
     _regularizers.check_leaves(regularizer, params, keep, owner)
 
-  def make_leaf(count):
+  def make_update(count, params):
     s = _step_size(step_size, count)
-    reg = regularizer.at(count)
 
-    def leaf(u, x):
-      v = reg.prox_update(x, u, s)
-      if reg.projection:
-        v = _nudge_into_set(reg, x, v, jnp.asarray(s, x.dtype))
-      return v
+    def leaf(reg):
+      def update(u, x):
+        v = reg.prox_update(x, u, s)
+        if reg.projection:
+          v = _nudge_into_set(reg, x, v, jnp.asarray(s, x.dtype))
+        return v
+      return update
 
-    return leaf
+    return [leaf(r) for r in regularizer.at(count).leafwise(params, owner)]
 
-  return _leafwise(make_leaf, mask, owner, check_params)
+  return _leafwise(make_update, mask, owner, check_params)
 
 
 def decoupled_weight_decay(
@@ -218,7 +226,8 @@ def decoupled_weight_decay(
 
   Args:
     weight_decay: the optax/PyTorch coefficient (``lambda_paper / alpha``):
-      a float, an array, or a schedule ``count -> wd``.
+      a float, an array, a schedule ``count -> wd``, or a pytree like params
+      of these (per-leaf coefficients; 0 on a leaf = masked out).
     step_size: the base optimizer's learning rate (float or schedule).
     mask: as in :func:`proximal`.
 
@@ -238,18 +247,26 @@ def decoupled_weight_decay(
     Loshchilov and Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
   """
   owner = "proxopt.decoupled_weight_decay"
-  _checks.check_hyperparam("weight_decay", weight_decay, owner)
+  _checks.check_coefficient("weight_decay", weight_decay, owner)
   _checks.check_hyperparam("step_size", step_size, owner)
-  _checks.check_nonnegative("weight_decay", weight_decay, owner)
   _checks.check_nonnegative("step_size", step_size, owner)
 
-  def make_leaf(count):
+  def check_params(params):
+    # Structure (per-leaf values) and shapes (arrays), with paths named.
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    values = _checks.leaf_values("weight_decay", weight_decay, params, owner)
+    for (path, x), wd in zip(leaves, values):
+      if _checks.is_concrete_array(wd) and np.ndim(wd) > 0:
+        _checks.check_broadcasts_to_leaves("weight_decay", wd, x, owner, path)
+
+  def make_update(count, params):
     s = _step_size(step_size, count)
-    wd = _step_size(weight_decay, count)
 
-    def leaf(u, x):
-      return u - jnp.asarray(s, x.dtype) * jnp.asarray(wd, x.dtype) * x
+    def leaf(wd):
+      wd = _step_size(wd, count)
+      return lambda u, x: u - jnp.asarray(s, x.dtype) * jnp.asarray(wd, x.dtype) * x
 
-    return leaf
+    return [leaf(wd) for wd in
+            _checks.leaf_values("weight_decay", weight_decay, params, owner)]
 
-  return _leafwise(make_leaf, mask, owner)
+  return _leafwise(make_update, mask, owner, check_params)

@@ -13,8 +13,19 @@ without cancellation. Its coefficients (``lam``, ``l1``, ``l2``) are pytree
 leaves: a float, an array that broadcasts to the leaves it is applied to
 (per-entry strengths), a schedule ``count -> value`` (read by
 :func:`proxopt.proximal` at each step) or a value injected by
-``optax.inject_hyperparams``. Tree-level helpers are :func:`regularizer_value`
-and :func:`apply_prox`.
+``optax.inject_hyperparams``. A coefficient may also be a *pytree like the
+parameters* (or a prefix of it) of such values, one per leaf, as jaxopt's
+proximal operators take: ``l1({"w": 1e-4, "b": 0.0})``; :func:`proxopt.proximal`,
+:func:`regularizer_value` and :func:`apply_prox` split it over the leaves (a
+structure mismatch is refused at ``init`` with the path named), and its
+values stay pytree leaves of the regularizer. Box bounds may be per-leaf
+trees too.
+
+Zero coefficient vs mask: a leaf whose coefficient is 0 gets the base update
+bit for bit, exactly as a leaf a ``mask`` leaves out (the prox at 0 is the
+identity); use a mask to *select* leaves by kind (``x.ndim > 1``) and a
+per-leaf coefficient to give selected leaves *different strengths*. A mask
+also skips the shape check of a leaf it leaves out.
 
 Reference: N. Parikh and S. Boyd, "Proximal Algorithms", 2014 (Sec. 6) for
 the formulas; Zhuang et al., "Understanding AdamW through Proximal Methods and
@@ -43,6 +54,8 @@ def _coefficient_repr(value: Any) -> str:
     return "<traced>"
   if _checks.is_concrete_number(value):
     return repr(float(value))
+  if _checks.is_coefficient_tree(value):
+    return "<per-leaf>"
   return f"<array {np.shape(value)}>"
 
 
@@ -95,6 +108,7 @@ class Regularizer:
       prox_update: Callable[..., Array] | None = None,
       coefficient_shape: Callable[[str, tuple[int, ...]], tuple[int, ...]] | None = None,
       static_shapes: Mapping[str, tuple[int, ...]] | None = None,
+      split: Callable[[Any, str], list["Regularizer"]] | None = None,
   ):
     self.kind = name
     self.value_fn = value
@@ -104,6 +118,7 @@ class Regularizer:
     self.prox_update_fn = prox_update
     self.coefficient_shape = coefficient_shape
     self.static_shapes = dict(static_shapes or {})
+    self.split = split
 
   # -- pytree -----------------------------------------------------------------
 
@@ -112,18 +127,26 @@ class Regularizer:
     aux = (
         self.kind, self.value_fn, self.prox_fn, self.projection, keys,
         self.prox_update_fn, self.coefficient_shape,
-        tuple(sorted(self.static_shapes.items())),
+        tuple(sorted(self.static_shapes.items())), self.split,
     )
     return tuple(self.coefficients[k] for k in keys), aux
 
   @classmethod
   def tree_unflatten(cls, aux, children):
     (kind, value, prox, projection, keys, prox_update, coefficient_shape,
-     static_shapes) = aux
+     static_shapes, split) = aux
     return cls(
         kind, value, prox, projection, coefficients=dict(zip(keys, children)),
         prox_update=prox_update, coefficient_shape=coefficient_shape,
-        static_shapes=dict(static_shapes),
+        static_shapes=dict(static_shapes), split=split,
+    )
+
+  def _with_coefficients(self, coefficients: Mapping[str, Any]) -> "Regularizer":
+    return Regularizer(
+        self.kind, self.value_fn, self.prox_fn, self.projection,
+        coefficients=coefficients, prox_update=self.prox_update_fn,
+        coefficient_shape=self.coefficient_shape,
+        static_shapes=self.static_shapes, split=self.split,
     )
 
   @property
@@ -141,31 +164,69 @@ class Regularizer:
 
   def at(self, count: Any) -> "Regularizer":
     """This regularizer with every schedule coefficient evaluated at ``count``."""
-    if not any(callable(v) for v in self.coefficients.values()):
+    leaves = jax.tree.leaves(self.coefficients)
+    if not any(callable(v) for v in leaves):
       return self
     # Optax schedules mix Python floats with the int32 count, which strict
     # dtype promotion rejects; values are cast to each leaf's dtype later.
     with jax.numpy_dtype_promotion("standard"):
-      values = {k: v(count) if callable(v) else v for k, v in self.coefficients.items()}
-    return jax.tree_util.tree_unflatten(
-        jax.tree_util.tree_structure(self), list(values.values())
-    )
+      values = jax.tree.map(
+          lambda v: v(count) if callable(v) else v, self.coefficients
+      )
+    return self._with_coefficients(values)
+
+  def leafwise(self, params: Any, owner: str) -> list["Regularizer"]:
+    """One regularizer per leaf of ``params``, per-leaf coefficients resolved.
+
+    A coefficient given as a pytree like ``params`` (or a prefix of it) is
+    split over the leaves (structure checked, paths named); a number, array
+    or schedule is shared by every leaf.
+    """
+    if self.split is not None:
+      return self.split(params, owner)
+    n = len(jax.tree.leaves(params))
+    if not any(_checks.is_coefficient_tree(v) for v in self.coefficients.values()):
+      return [self] * n
+    per_name = {
+        k: _checks.leaf_values(k, v, params, owner)
+        for k, v in self.coefficients.items()
+    }
+    return [
+        self._with_coefficients({k: per_name[k][i] for k in self.coefficients})
+        for i in range(n)
+    ]
 
   def _coefficients_for(self, x: Array) -> dict[str, Array]:
     out = {}
     for k, v in self.coefficients.items():
-      if callable(v):
-        raise TypeError(
-            f"proxopt.{self.kind}: coefficient `{k}` is a schedule; evaluate "
-            "it at a step first with `regularizer.at(step)` (proxopt.proximal "
-            "does this at every update)."
-        )
+      _checks.check_that(
+          self.split is None and not _checks.is_coefficient_tree(v),
+          f"proxopt.{self.kind}",
+          f"coefficient `{k}` is per-leaf (a pytree like params) and acts on "
+          "a whole tree, not on one leaf", f"{k}=<per-leaf>",
+          "Apply it with proxopt.regularizer_value, proxopt.apply_prox or "
+          "proxopt.proximal, or take `regularizer.leafwise(params, owner)`.",
+          error=TypeError,
+      )
+      _checks.check_that(
+          not callable(v), f"proxopt.{self.kind}",
+          f"coefficient `{k}` is a schedule, which has no value on a leaf",
+          f"{k}=<schedule>",
+          "Evaluate it at a step first with `regularizer.at(step)` "
+          "(proxopt.proximal does this at every update).",
+          error=TypeError,
+      )
       out[k] = jnp.asarray(v, dtype=x.dtype)
     return out
 
   def value(self, x: Array) -> Array:
-    """R restricted to one leaf (a scalar of the leaf's dtype)."""
-    return self.value_fn(x, **self._coefficients_for(_wide(x)))
+    """R restricted to one leaf, a scalar in at least float32.
+
+    ``value_fn`` gets the leaf in at least float32: a float16 sum of squares
+    overflows (65504) long before the parameters do.
+    """
+    w = _wide(x)
+    return self.value_fn(w, **self._coefficients_for(w))
 
   def prox(self, z: Array, s: Any) -> Array:
     """``prox_{s R}(z)`` on one leaf."""
@@ -206,18 +267,15 @@ class Regularizer:
           self.coefficient_shape(k, shape) if self.coefficient_shape else shape
       )
       cshape = tuple(np.shape(v))
-      try:
-        ok = np.broadcast_shapes(cshape, target) == tuple(target)
-      except ValueError:
-        ok = False
-      if not ok:
-        raise ValueError(
-            f"{owner}: coefficient `{k}` of {self.name} has shape {cshape}, "
-            f"which does not broadcast to the parameter at path {where} "
-            f"(needs a shape that broadcasts to {tuple(target)}). Use a "
-            "scalar, an array shaped like that leaf, or a `mask=` that "
-            "leaves the other leaves out."
-        )
+      _checks.check_that(
+          _checks.broadcasts_to(cshape, target), owner,
+          f"coefficient `{k}` of {self.name} has shape {cshape}, which does "
+          f"not broadcast to the parameter at path {where}",
+          f"a leaf of shape {shape} (needs a shape that broadcasts to "
+          f"{tuple(target)})",
+          "Use a scalar, an array shaped like that leaf, or a `mask=` that "
+          "leaves the other leaves out.",
+      )
 
 
 def _wide(x: Array) -> Array:
@@ -227,15 +285,19 @@ def _wide(x: Array) -> Array:
 
 
 def _coefficient(name: str, value: Any, owner: str) -> Any:
-  """Validates one coefficient at construction (schedules/tracers pass)."""
-  if not callable(value):
-    _checks.check_hyperparam(name, value, owner)
-  _checks.check_nonnegative(name, value, owner)
+  """Validates one coefficient at construction (schedules/tracers pass).
+
+  A pytree of per-leaf values is accepted (each leaf checked); its structure
+  is checked against params where they are known.
+  """
+  _checks.check_coefficient(name, value, owner)
   return value
 
 
 def _soft_threshold(z: Array, t: Array) -> Array:
-  return jnp.sign(z) * jnp.maximum(jnp.abs(z) - t, jnp.zeros_like(z))
+  # Thresholded entries are +0, as the update form gives (x + (-x) = +0);
+  # sign(z) * 0 would give -0 for negative z.
+  return jnp.where(jnp.abs(z) > t, z - t * jnp.sign(z), jnp.zeros_like(z))
 
 
 def _keep_base_where(t: Array, u: Array, v: Array) -> Array:
@@ -256,8 +318,8 @@ def l2_squared(lam: Coefficient) -> Regularizer:
 
   Args:
     lam: the strength :math:`\lambda \ge 0`: a float, an array broadcasting
-      to each leaf (per-entry strengths), a schedule ``count -> lam`` or an
-      injected value.
+      to each leaf (per-entry strengths), a schedule ``count -> lam``, an
+      injected value, or a pytree like params of these (per-leaf strengths).
 
   Returns:
     A :class:`Regularizer`.
@@ -304,7 +366,7 @@ def l1(lam: Coefficient) -> Regularizer:
 
   Args:
     lam: the strength :math:`\lambda \ge 0` (float, array broadcasting to each
-      leaf, schedule or injected value).
+      leaf, schedule, injected value, or a pytree like params of these).
 
   Returns:
     A :class:`Regularizer`.
@@ -348,8 +410,9 @@ def elastic_net(l1: Coefficient, l2: Coefficient) -> Regularizer:
                                  {1 + s\lambda_2}.
 
   Args:
-    l1: :math:`\lambda_1 \ge 0` (float, array, schedule or injected value).
-    l2: :math:`\lambda_2 \ge 0` (float, array, schedule or injected value).
+    l1: :math:`\lambda_1 \ge 0` (float, array, schedule, injected value, or a
+      pytree like params of these).
+    l2: :math:`\lambda_2 \ge 0` (as ``l1``).
 
   Returns:
     A :class:`Regularizer`.
@@ -413,7 +476,7 @@ def group_lasso(
     lam: the strength :math:`\lambda \ge 0`: a float, a schedule, an injected
       value, or an array of per-group strengths that broadcasts to the
       leaf's shape with the reduced axes kept as size 1 (e.g. ``(1, fan_out)``
-      for ``axis=0``).
+      for ``axis=0``), or a pytree like params of these.
     axis: the axis or axes reduced within a group (``None``: the whole leaf).
 
   Returns:
@@ -448,12 +511,13 @@ def _group_lasso_functions(axis):
       return tuple(range(ndim))
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     for a in axes:
-      if not -ndim <= a < max(ndim, 1):
-        raise ValueError(
-            f"proxopt.group_lasso: `axis={axis}` is out of range for a leaf "
-            f"of shape {shape}. Use axis=None (whole leaf) or mask out "
-            "leaves of lower rank with `mask=`."
-        )
+      _checks.check_that(
+          -ndim <= a < max(ndim, 1), "proxopt.group_lasso",
+          f"`axis={axis}` is out of range for a leaf of shape {shape}",
+          f"axis {a} for a leaf with {ndim} dimension(s)",
+          "Use axis=None (whole leaf) or mask out leaves of lower rank with "
+          "`mask=`.",
+      )
     return axes
 
   def group_shape(name, shape):
@@ -475,7 +539,8 @@ def _group_lasso_functions(axis):
     # Guard the division: a group at or below the threshold becomes zero.
     safe = jnp.where(norm > t, norm, jnp.ones_like(norm))
     shrink = jnp.where(norm > t, 1 - t / safe, jnp.zeros_like(norm))
-    return (w * shrink).astype(z.dtype)
+    # A zeroed group is +0 (w * 0 would be -0 for negative entries).
+    return jnp.where(norm > t, w * shrink, jnp.zeros_like(w)).astype(z.dtype)
 
   def prox_update(x, u, s, lam):
     t = s * lam
@@ -501,8 +566,9 @@ def box(lower: float | Array, upper: float | Array) -> Regularizer:
 
   Args:
     lower: lower bound (a float or an array broadcasting to the leaves; may
-      be ``-inf``).
-    upper: upper bound (``>= lower``; may be ``+inf``).
+      be ``-inf``), or a pytree like params of these (per-leaf bounds,
+      checked against params where the box is used).
+    upper: upper bound (``>= lower``; may be ``+inf``), or a pytree.
 
   Returns:
     A :class:`Regularizer` with ``projection=True``.
@@ -515,23 +581,48 @@ def box(lower: float | Array, upper: float | Array) -> Regularizer:
   References:
     Parikh and Boyd, "Proximal Algorithms", Found. Trends Optim. 2014.
   """
-  return _box(lower, upper, f"box({lower}, {upper})", "proxopt.box")
+  owner = "proxopt.box"
+  if _checks.is_coefficient_tree(lower) or _checks.is_coefficient_tree(upper):
+    return _per_leaf_box(lower, upper, owner)
+  return _box(lower, upper, f"box({lower}, {upper})", owner)
+
+
+def _per_leaf_box(lower, upper, owner) -> Regularizer:
+  """A box with per-leaf bounds: split into one static box per leaf at use."""
+  for arg, v in (("lower", lower), ("upper", upper)):
+    for path, leaf in jax.tree_util.tree_flatten_with_path(v)[0]:
+      _box_bound_check(f"{arg}{jax.tree_util.keystr(path)}", leaf, owner)
+
+  def split(params, use_owner):
+    los = _checks.leaf_values("lower", lower, params, use_owner)
+    his = _checks.leaf_values("upper", upper, params, use_owner)
+    return [
+        _box(lo, hi, f"box({lo}, {hi})", use_owner) for lo, hi in zip(los, his)
+    ]
+
+  def unsplit(*_):
+    raise TypeError(
+        f"{owner}: a box with per-leaf bounds acts on a whole tree: use "
+        "proxopt.apply_prox, proxopt.regularizer_value or proxopt.proximal."
+    )
+
+  return Regularizer("box(<per-leaf>)", unsplit, unsplit, projection=True, split=split)
+
+
+def _box_bound_check(arg, v, owner):
+  _checks.check_hyperparam(arg, v, owner)
+  _checks.check_concrete(arg, v, owner, "box bounds are static")
 
 
 def _box(lower, upper, name, owner) -> Regularizer:
   for arg, v in (("lower", lower), ("upper", upper)):
-    _checks.check_hyperparam(arg, v, owner)
-    if callable(v) or isinstance(v, jax.core.Tracer):
-      raise TypeError(
-          f"{owner}: `{arg}` must be a concrete number or array (box bounds "
-          "are static), got a schedule or traced value."
-      )
+    _box_bound_check(arg, v, owner)
   lo, hi = np.asarray(lower, dtype=np.float64), np.asarray(upper, np.float64)
-  if np.any(np.isnan(lo)) or np.any(np.isnan(hi)) or np.any(lo > hi):
-    raise ValueError(
-        f"{owner}: need lower <= upper, got lower={lower!r}, "
-        f"upper={upper!r}. Swap them or widen the box."
-    )
+  _checks.check_that(
+      not (np.any(np.isnan(lo)) or np.any(np.isnan(hi)) or np.any(lo > hi)),
+      owner, "need lower <= upper", f"lower={lower!r}, upper={upper!r}",
+      "Swap them or widen the box.",
+  )
 
   def bounds(x):
     return _inward_bounds(lo, hi, x.dtype)
@@ -593,32 +684,29 @@ def nonnegative() -> Regularizer:
 
 
 def check_regularizer(regularizer: Any, owner: str) -> None:
-  if not isinstance(regularizer, Regularizer):
-    raise TypeError(
-        f"{owner}: `regularizer` must be a proxopt.Regularizer, e.g. "
-        f"proxopt.l1(1e-4) or proxopt.l2_squared(1e-4), got "
-        f"{regularizer!r} of type {type(regularizer).__name__}."
-    )
+  """:func:`proxopt._checks.check_type` for a :class:`Regularizer`."""
+  _checks.check_type(
+      "regularizer", regularizer, Regularizer, owner, _checks.REGULARIZER_WHAT
+  )
 
 
 def check_leaves(regularizer: Regularizer, params: Any, keep: Any, owner: str) -> None:
   """Checks every coefficient against every leaf it is applied to."""
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-  for (path, x), on in zip(leaves, keep):
+  regs = regularizer.leafwise(params, owner)
+  for (path, x), on, reg in zip(leaves, keep, regs):
     if on:
       where = jax.tree_util.keystr(path) or "<root>"
-      regularizer.check_leaf(x, where, owner)
-      for arg, shape in regularizer.static_shapes.items():
-        try:
-          ok = np.broadcast_shapes(shape, np.shape(x)) == np.shape(x)
-        except ValueError:
-          ok = False
-        if not ok:
-          raise ValueError(
-              f"{owner}: `{arg}` of {regularizer.name} has shape {shape}, "
-              f"which does not broadcast to the parameter at path {where} "
-              f"of shape {np.shape(x)}."
-          )
+      reg.check_leaf(x, where, owner)
+      for arg, shape in reg.static_shapes.items():
+        _checks.check_that(
+            _checks.broadcasts_to(shape, np.shape(x)), owner,
+            f"`{arg}` of {reg.name} has shape {shape}, which does not "
+            f"broadcast to the parameter at path {where}",
+            f"a leaf of shape {np.shape(x)}",
+            f"Use a scalar `{arg}` or one that broadcasts to every leaf, or "
+            "a `mask=` that leaves the other leaves out.",
+        )
 
 
 def leaf_mask(params: Any, mask: Any, owner: str) -> list[bool]:
@@ -653,7 +741,8 @@ def regularizer_value(
       or a callable ``params -> mask``.
 
   Returns:
-    A scalar of the widest leaf dtype.
+    A scalar of the widest leaf dtype, at least float32 (a float16 sum of
+    squares overflows at 65504).
 
   Example:
     >>> import jax.numpy as jnp, proxopt
@@ -669,13 +758,15 @@ def regularizer_value(
   keep = leaf_mask(params, mask, owner)
   check_leaves(regularizer, params, keep, owner)
   leaves = jax.tree.leaves(params)
+  regs = regularizer.leafwise(params, owner)
   # The widest leaf dtype (f32 for mixed f32/bf16 trees), also under strict.
   with jax.numpy_dtype_promotion("standard"):
     dtype = jnp.result_type(*leaves) if leaves else jnp.float32
+    dtype = jnp.promote_types(dtype, jnp.float32)
   total = jnp.zeros([], dtype=dtype)
-  for x, on in zip(leaves, keep):
+  for x, on, reg in zip(leaves, keep, regs):
     if on:
-      total = total + regularizer.value(x).astype(total.dtype)
+      total = total + reg.value(x).astype(total.dtype)
   return total
 
 
@@ -713,8 +804,9 @@ def apply_prox(
   _checks.check_float_params(params, owner)
   keep = leaf_mask(params, mask, owner)
   check_leaves(regularizer, params, keep, owner)
+  regs = regularizer.leafwise(params, owner)
   out = [
-      regularizer.prox(x, jnp.asarray(step_size, x.dtype)) if on else x
-      for x, on in zip(jax.tree.leaves(params), keep)
+      reg.prox(x, jnp.asarray(step_size, x.dtype)) if on else x
+      for x, on, reg in zip(jax.tree.leaves(params), keep, regs)
   ]
   return jax.tree.unflatten(jax.tree.structure(params), out)

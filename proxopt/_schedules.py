@@ -33,16 +33,12 @@ the decay and the prox; the metric is fed once per evaluation with
   ...
   opt_state = plateau.observe(opt_state, val_loss)   # torch: scheduler.step(val_loss)
 
-Classic optimizers: :func:`classic` builds ``sgd``, ``momentum``,
-``nesterov``, ``adagrad``, ``rmsprop`` or ``adam`` from Optax, optionally
-followed by :func:`proxopt.decoupled_weight_decay` and/or
-:func:`proxopt.proximal`, all reading one step size (a float, a schedule, or a
-plateau).
+Classic optimizers driven by these schedules are :func:`proxopt.classic`
+(``proxopt._classic``).
 """
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -52,53 +48,24 @@ import numpy as np
 import optax
 
 from proxopt import _checks
-from proxopt._proximal import (
-    MaskOrFn,
-    ScalarOrSchedule,
-    decoupled_weight_decay,
-    proximal,
-)
-from proxopt._regularizers import Regularizer
+from proxopt import _nnx
+from proxopt._proximal import ScalarOrSchedule
 
 Schedule = Callable[[jax.Array], jax.Array]
 
 
-# ---------------------------------------------------------------------------
-# Argument checks (raise at construction, naming the argument and the fix).
+_INIT_VALUE_FIX = "Pass the (positive) initial step size."
+_FACTOR_FIX = (
+    "It multiplies the step size at each reduction, e.g. factor=0.5 halves it."
+)
 
 
-def _check_positive_int(name: str, value: Any, owner: str) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise TypeError(f"{owner}: `{name}` must be an int, got {value!r}.")
-  if value <= 0:
-    raise ValueError(f"{owner}: `{name}` must be >= 1, got {value}.")
-  return int(value)
-
-
-def _check_nonneg_int(name: str, value: Any, owner: str, fix: str) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise TypeError(f"{owner}: `{name}` must be an int, got {value!r}.")
-  if value < 0:
-    raise ValueError(f"{owner}: `{name}` must be >= 0, got {value}. {fix}")
-  return int(value)
-
-
-def _check_factor(factor: Any, owner: str, allow_one: bool = False) -> float:
-  f = float(factor)
-  ok = 0.0 < f <= 1.0 if allow_one else 0.0 < f < 1.0
-  if not ok:
-    rng = "(0, 1]" if allow_one else "(0, 1)"
-    raise ValueError(
-        f"{owner}: `factor` must be in {rng}, got {factor!r}. It multiplies "
-        "the step size at each reduction, e.g. factor=0.5 halves it."
-    )
-  return f
-
-
-def _check_init_value(value: Any, owner: str) -> None:
-  _checks.check_nonnegative(
-      "init_value", value, owner, "Pass the (positive) initial step size."
+def _factor(factor: Any, owner: str, allow_one: bool) -> float:
+  _checks.check_number_in(
+      "factor", factor, owner, 0.0, 1.0, low_open=True,
+      high_open=not allow_one, scalar=True, fix=_FACTOR_FIX,
   )
+  return float(factor)
 
 
 # ---------------------------------------------------------------------------
@@ -149,10 +116,12 @@ def step_decay(
     Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR 2022.
   """
   owner = "proxopt.step_decay"
-  _check_init_value(init_value, owner)
-  factor = _check_factor(factor, owner, allow_one=True)
-  every_epochs = _check_positive_int("every_epochs", every_epochs, owner)
-  steps_per_epoch = _check_positive_int("steps_per_epoch", steps_per_epoch, owner)
+  _checks.check_nonnegative("init_value", init_value, owner, _INIT_VALUE_FIX)
+  factor = _factor(factor, owner, allow_one=True)
+  every_epochs = _checks.check_int("every_epochs", every_epochs, owner, minimum=1)
+  steps_per_epoch = _checks.check_int(
+      "steps_per_epoch", steps_per_epoch, owner, minimum=1
+  )
   return optax.exponential_decay(
       init_value=init_value,
       transition_steps=every_epochs * steps_per_epoch,
@@ -200,12 +169,17 @@ def multistep_decay(
     Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR 2022.
   """
   owner = "proxopt.multistep_decay"
-  _check_init_value(init_value, owner)
-  factor = _check_factor(factor, owner, allow_one=True)
-  steps_per_epoch = _check_positive_int("steps_per_epoch", steps_per_epoch, owner)
+  _checks.check_nonnegative("init_value", init_value, owner, _INIT_VALUE_FIX)
+  factor = _factor(factor, owner, allow_one=True)
+  steps_per_epoch = _checks.check_int(
+      "steps_per_epoch", steps_per_epoch, owner, minimum=1
+  )
   milestones = list(milestones)
-  for m in milestones:
-    _check_nonneg_int("milestones", m, owner, "Milestones are epoch indices.")
+  for i, m in enumerate(milestones):
+    _checks.check_int(
+        f"milestones[{i}]", m, owner, minimum=0,
+        fix="Milestones are epoch indices.",
+    )
   counts = Counter(int(m) for m in milestones)
   return optax.piecewise_constant_schedule(
       init_value,
@@ -257,16 +231,20 @@ def cosine_per_epoch(
     Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR 2022.
   """
   owner = "proxopt.cosine_per_epoch"
-  _check_init_value(init_value, owner)
-  epochs = _check_positive_int("epochs", epochs, owner)
-  steps_per_epoch = _check_positive_int("steps_per_epoch", steps_per_epoch, owner)
+  _checks.check_nonnegative("init_value", init_value, owner, _INIT_VALUE_FIX)
+  epochs = _checks.check_int("epochs", epochs, owner, minimum=1)
+  steps_per_epoch = _checks.check_int(
+      "steps_per_epoch", steps_per_epoch, owner, minimum=1
+  )
   _checks.check_nonnegative("end_value", end_value, owner)
-  if _checks.is_concrete_number(init_value) and init_value > 0:
-    alpha = float(end_value) / float(init_value)
-  elif float(end_value) == 0.0:
-    alpha = 0.0
-  else:
-    raise ValueError(f"{owner}: `end_value` needs a positive `init_value`.")
+  positive_init = _checks.is_concrete_number(init_value) and init_value > 0
+  _checks.check_that(
+      positive_init or float(end_value) == 0.0, owner,
+      "a nonzero `end_value` needs a positive `init_value`",
+      f"init_value={init_value!r}, end_value={end_value!r}",
+      "Pass the initial step size as a positive number, or end_value=0.",
+  )
+  alpha = float(end_value) / float(init_value) if positive_init else 0.0
   per_epoch = optax.cosine_decay_schedule(init_value, epochs, alpha=alpha)
   return lambda count: per_epoch(count // steps_per_epoch)
 
@@ -323,15 +301,16 @@ def warmup_cosine(
   _checks.check_nonnegative("peak_value", peak_value, owner)
   _checks.check_nonnegative("init_value", init_value, owner)
   _checks.check_nonnegative("end_value", end_value, owner)
-  warmup_steps = _check_nonneg_int(
-      "warmup_steps", warmup_steps, owner, "Use 0 for no warm-up."
+  warmup_steps = _checks.check_int(
+      "warmup_steps", warmup_steps, owner, minimum=0, fix="Use 0 for no warm-up."
   )
-  total_steps = _check_positive_int("total_steps", total_steps, owner)
-  if total_steps <= warmup_steps:
-    raise ValueError(
-        f"{owner}: `total_steps` ({total_steps}) must exceed `warmup_steps` "
-        f"({warmup_steps}); total_steps counts the warm-up too."
-    )
+  total_steps = _checks.check_int("total_steps", total_steps, owner, minimum=1)
+  _checks.check_that(
+      total_steps > warmup_steps, owner,
+      "`total_steps` must exceed `warmup_steps`",
+      f"total_steps={total_steps}, warmup_steps={warmup_steps}",
+      "total_steps counts the warm-up too.",
+  )
   return optax.warmup_cosine_decay_schedule(
       init_value=init_value,
       peak_value=peak_value,
@@ -382,43 +361,21 @@ def _plateau_states(tree: Any) -> list[ReduceOnPlateauState]:
   ]
 
 
-def _nnx_variable_type():
-  # Only look for flax when it is already imported: without flax there can be
-  # no nnx Variables, and proxopt does not depend on flax.
-  if "flax" not in sys.modules:
-    return None
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  return nnx.Variable
-
-
 def _holds_nnx_variables(tree: Any) -> bool:
-  var = _nnx_variable_type()
-  if var is None:
-    return False
-  return any(
-      isinstance(getattr(st, f), var)
-      for st in _plateau_states(tree) for f in st._fields
+  return _nnx.holds_variables(
+      getattr(st, f) for st in _plateau_states(tree) for f in st._fields
   )
 
 
 def _unwrap(st: ReduceOnPlateauState) -> ReduceOnPlateauState:
-  var = _nnx_variable_type()
-  if var is None:
-    return st
-  return ReduceOnPlateauState(
-      *(_get_variable(x) if isinstance(x, var) else x for x in st)
-  )
+  return ReduceOnPlateauState(*_nnx.unwrap(st))
 
 
-def _get_variable(v):
-  return v.get_value() if hasattr(v, "get_value") else v.value
-
-
-def _set_variable(v, value):
-  if hasattr(v, "set_value"):
-    v.set_value(value)
-  else:
-    v.value = value
+_NO_STATE_FIX = (
+    "Pass the optimizer state of "
+    "`optax.inject_hyperparams(<optimizer>)(learning_rate=plateau, ...)` "
+    "(or of `proxopt.classic(name, plateau)`), or the plateau state."
+)
 
 
 class ReduceOnPlateau:
@@ -487,24 +444,25 @@ class ReduceOnPlateau:
 
   def update(self, state: ReduceOnPlateauState, **extra_args) -> ReduceOnPlateauState:
     del extra_args  # The metric comes through `observe`, once per evaluation.
-    self._check_state(state)
+    self._expect_state(state)
     return state._replace(count=optax.safe_increment(state.count))
 
   def __call__(self, state: ReduceOnPlateauState, **extra_args) -> jax.Array:
     del extra_args
-    self._check_state(state)
+    self._expect_state(state)
     base = self.base(state.count) if callable(self.base) else self.base
     return base * state.scale
 
-  def _check_state(self, state):
-    if not _is_plateau_state(state):
-      raise TypeError(
-          "proxopt.reduce_on_plateau is a stateful schedule and was called "
-          f"with {type(state).__name__} instead of its state. Wrap the "
-          "optimizer with optax.inject_hyperparams, e.g. "
-          "`optax.inject_hyperparams(proxopt.adamprox)(learning_rate=plateau, "
-          "weight_decay=...)`, or use `proxopt.classic(name, plateau, ...)`."
-      )
+  def _expect_state(self, state):
+    _checks.check_that(
+        _is_plateau_state(state), "proxopt.reduce_on_plateau",
+        "a stateful schedule must be called with its ReduceOnPlateauState",
+        f"a {type(state).__name__}",
+        "Wrap the optimizer with optax.inject_hyperparams, e.g. "
+        "`optax.inject_hyperparams(proxopt.adamprox)(learning_rate=plateau, "
+        "weight_decay=...)`, or use `proxopt.classic(name, plateau, ...)`.",
+        error=TypeError,
+    )
 
   # -- feeding the metric -----------------------------------------------------
 
@@ -524,20 +482,17 @@ class ReduceOnPlateau:
     Raises:
       ValueError: if ``tree`` holds no :class:`ReduceOnPlateauState`.
     """
-    if not _plateau_states(tree):
-      raise ValueError(
-          "reduce_on_plateau.observe: found no ReduceOnPlateauState in the "
-          f"given {type(tree).__name__}. Pass the optimizer state of "
-          "`optax.inject_hyperparams(<optimizer>)(learning_rate=plateau, ...)` "
-          "(or of `proxopt.classic(name, plateau)`), or the plateau state."
-      )
+    _checks.check_contains(
+        "tree", tree, bool(_plateau_states(tree)), "ReduceOnPlateauState",
+        "proxopt.ReduceOnPlateau.observe", _NO_STATE_FIX,
+    )
     if _holds_nnx_variables(tree):
       # flax.nnx.Optimizer keeps its state in Variables: update them in place,
       # as nnx.Optimizer.update does, and return the same object.
       for st in _plateau_states(tree):
         new = self._observe_one(_unwrap(st), metric)
         for field, value in zip(st._fields, new):
-          _set_variable(getattr(st, field), value)
+          _nnx.set_value(getattr(st, field), value)
       return tree
     return jax.tree.map(
         lambda x: self._observe_one(x, metric) if _is_plateau_state(x) else x,
@@ -552,11 +507,10 @@ class ReduceOnPlateau:
     the first one is read.
     """
     states = _plateau_states(tree)
-    if not states:
-      raise ValueError(
-          "reduce_on_plateau.step_size: found no ReduceOnPlateauState in the "
-          "given tree."
-      )
+    _checks.check_contains(
+        "tree", tree, bool(states), "ReduceOnPlateauState",
+        "proxopt.ReduceOnPlateau.step_size", _NO_STATE_FIX,
+    )
     return self(_unwrap(states[0]))
 
   def _improved(self, metric, best):
@@ -578,11 +532,11 @@ class ReduceOnPlateau:
 
   def _observe_one(self, st: ReduceOnPlateauState, metric) -> ReduceOnPlateauState:
     m = jnp.asarray(metric, st.best.dtype)
-    if m.shape != ():
-      raise ValueError(
-          "reduce_on_plateau.observe: `metric` must be a scalar, got shape "
-          f"{m.shape}. Reduce it first, e.g. `jnp.mean(losses)`."
-      )
+    _checks.check_that(
+        m.shape == (), "proxopt.ReduceOnPlateau.observe",
+        "`metric` must be a scalar", f"shape {m.shape}",
+        "Reduce it first, e.g. `jnp.mean(losses)`.",
+    )
     # Same order of operations as torch.optim.lr_scheduler.ReduceLROnPlateau.
     improved = self._improved(m, st.best)
     best = jnp.where(improved, m, st.best)
@@ -725,54 +679,60 @@ def reduce_on_plateau(
     read the reduced step size.
   """
   owner = "proxopt.reduce_on_plateau"
-  if mode not in MODES:
-    raise ValueError(
-        f"{owner}: unknown mode={mode!r}; use 'min' (the metric should "
-        "decrease, e.g. a loss) or 'max' (e.g. an accuracy)."
-    )
-  if threshold_mode not in THRESHOLD_MODES:
-    raise ValueError(
-        f"{owner}: unknown threshold_mode={threshold_mode!r}; use 'rel' "
-        "(relative to |best|) or 'abs'."
-    )
-  factor = _check_factor(factor, owner)
-  patience = _check_nonneg_int(
-      "patience", patience, owner,
-      "It counts evaluations without improvement; 0 reduces at once.",
+  _checks.check_one_of(
+      "mode", mode, MODES, owner,
+      "'min': the metric should decrease (e.g. a loss); 'max': it should "
+      "increase (e.g. an accuracy).",
   )
-  cooldown = _check_nonneg_int(
-      "cooldown", cooldown, owner, "Use 0 for no cooldown."
+  _checks.check_one_of(
+      "threshold_mode", threshold_mode, THRESHOLD_MODES, owner,
+      "'rel': relative to |best|; 'abs': in the metric's units.",
   )
-  if not (_checks.is_concrete_number(threshold) and float(threshold) >= 0):
-    raise ValueError(f"{owner}: `threshold` must be a number >= 0, got {threshold!r}.")
-  if not (_checks.is_concrete_number(eps) and float(eps) >= 0):
-    raise ValueError(f"{owner}: `eps` must be a number >= 0, got {eps!r}.")
+  factor = _factor(factor, owner, allow_one=False)
+  patience = _checks.check_int(
+      "patience", patience, owner, minimum=0,
+      fix="It counts evaluations without improvement; 0 reduces at once.",
+  )
+  cooldown = _checks.check_int(
+      "cooldown", cooldown, owner, minimum=0, fix="Use 0 for no cooldown."
+  )
+  _checks.check_number_in(
+      "threshold", threshold, owner, 0.0, np.inf, high_open=False, scalar=True,
+      wrong_type=ValueError, fix="Use 0 to count any improvement.",
+  )
+  _checks.check_number_in(
+      "eps", eps, owner, 0.0, np.inf, high_open=False, scalar=True,
+      wrong_type=ValueError, fix="Use 0 to never skip a reduction.",
+  )
   if not callable(base):
-    if not _checks.is_concrete_number(base) or not float(base) > 0:
-      raise ValueError(
-          f"{owner}: `base` must be a positive step size or a schedule, got "
-          f"{base!r}."
-      )
-  if not (_checks.is_concrete_number(min_scale) and 0 <= float(min_scale) <= 1):
-    raise ValueError(
-        f"{owner}: `min_scale` must be in [0, 1], got {min_scale!r} (it bounds "
-        "the product of the reductions)."
+    _checks.check_number_in(
+        "base", base, owner, 0.0, np.inf, low_open=True, high_open=False,
+        scalar=True, wrong_type=ValueError,
+        fix="Pass a positive step size or a schedule count -> step size.",
     )
+  _checks.check_number_in(
+      "min_scale", min_scale, owner, 0.0, 1.0, high_open=False, scalar=True,
+      wrong_type=ValueError, fix="It bounds the product of the reductions.",
+  )
   min_scale = float(min_scale)
   if min_value is not None:
-    if callable(base):
-      raise ValueError(
-          f"{owner}: `min_value` needs a constant `base`; with a schedule, "
-          "bound the reductions with `min_scale` instead."
-      )
-    if min_scale != 0.0:
-      raise ValueError(f"{owner}: pass either `min_value` or `min_scale`, not both.")
+    _checks.check_that(
+        not callable(base), owner, "`min_value` needs a constant `base`",
+        "a schedule as base",
+        "With a schedule, bound the reductions with `min_scale` instead.",
+    )
+    _checks.check_that(
+        min_scale == 0.0, owner, "pass either `min_value` or `min_scale`",
+        f"min_value={min_value!r} and min_scale={min_scale!r}",
+        "min_value is min_scale * base; drop one.",
+    )
     _checks.check_nonnegative("min_value", min_value, owner)
     min_scale = float(min_value) / float(base)
-    if min_scale > 1:
-      raise ValueError(
-          f"{owner}: `min_value` ({min_value}) exceeds `base` ({base})."
-      )
+    _checks.check_that(
+        min_scale <= 1, owner, "`min_value` must not exceed `base`",
+        f"min_value={min_value!r}, base={base!r}",
+        "min_value is the smallest step size the reductions may reach.",
+    )
   return ReduceOnPlateau(
       base,
       mode=mode,
@@ -784,139 +744,3 @@ def reduce_on_plateau(
       min_scale=min_scale,
       eps=float(eps),
   )
-
-
-# ---------------------------------------------------------------------------
-# Classic optimizers.
-
-CLASSIC_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam")
-
-
-def _classic_base(name: str, learning_rate, momentum: float, kwargs):
-  if name == "sgd":
-    return optax.sgd(learning_rate, **kwargs)
-  if name == "momentum":
-    return optax.sgd(learning_rate, momentum=momentum, **kwargs)
-  if name == "nesterov":
-    return optax.sgd(learning_rate, momentum=momentum, nesterov=True, **kwargs)
-  return getattr(optax, name)(learning_rate, **kwargs)
-
-
-def classic(
-    name: str,
-    learning_rate: ScalarOrSchedule | ReduceOnPlateau,
-    *,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
-    regularizer: Regularizer | None = None,
-    mask: MaskOrFn = None,
-    **optax_kwargs: Any,
-) -> optax.GradientTransformationExtraArgs:
-  r"""A classic Optax optimizer, optionally with decoupled decay and a prox.
-
-  Builds ``optax.chain(base, decoupled_weight_decay(weight_decay, s),
-  proximal(regularizer, s))`` where ``base`` is, by ``name``:
-
-  ============  =====================================================
-  ``sgd``       ``optax.sgd(s)``
-  ``momentum``  ``optax.sgd(s, momentum=momentum)`` (heavy ball)
-  ``nesterov``  ``optax.sgd(s, momentum=momentum, nesterov=True)``
-  ``adagrad``   ``optax.adagrad(s, **optax_kwargs)``
-  ``rmsprop``   ``optax.rmsprop(s, **optax_kwargs)``
-  ``adam``      ``optax.adam(s, **optax_kwargs)``
-  ============  =====================================================
-
-  The decay (``x <- x - s_t * weight_decay * x``, the optax/PyTorch
-  convention) is added only if ``weight_decay > 0``, the prox only if
-  ``regularizer`` is given; both read the same step size as the base.
-  ``learning_rate`` may be a float, an Optax schedule, or a
-  :func:`reduce_on_plateau` (then the chain is wrapped in
-  ``optax.inject_hyperparams`` so that one ``s_t`` drives all three; feed the
-  metric with ``plateau.observe(opt_state, metric)``).
-
-  With :math:`u_t` the base update at step size :math:`s_t`, :math:`\mathrm{wd}`
-  = ``weight_decay`` and :math:`R` the regularizer, one step is
-
-  .. math::
-     x_t = \operatorname{prox}_{s_t R}\bigl(x_{t-1} + u_t - s_t\,\mathrm{wd}\,x_{t-1}\bigr).
-
-  Args:
-    name: the base optimizer, one of :data:`CLASSIC_OPTIMIZERS` (``"sgd"``,
-      ``"momentum"``, ``"nesterov"``, ``"adagrad"``, ``"rmsprop"``,
-      ``"adam"``).
-    learning_rate: the step size :math:`s_t`: a float, an Optax schedule or a
-      :func:`reduce_on_plateau`.
-    momentum: the momentum of ``"momentum"`` and ``"nesterov"`` (ignored by
-      the others).
-    weight_decay: the decoupled decay coefficient (Optax/PyTorch
-      convention), :math:`\ge 0`; 0 adds no decay.
-    regularizer: a :class:`Regularizer` whose prox follows the step, or
-      ``None``.
-    mask: a pytree of bools or a callable ``params -> pytree of bools``
-      selecting the leaves the decay and the prox apply to (``None``: all).
-    **optax_kwargs: passed to the Optax constructor of ``adagrad``,
-      ``rmsprop`` or ``adam`` (e.g. ``eps=0.0``).
-
-  Returns:
-    An ``optax.GradientTransformationExtraArgs``; ``update`` needs
-    ``params``.
-
-  Raises:
-    ValueError: on an unknown ``name`` or invalid hyper-parameters.
-
-  Example (proximal Nesterov with L1 under step decay):
-    >>> import jax.numpy as jnp, optax, proxopt
-    >>> sched = proxopt.step_decay(0.1, 0.5, every_epochs=30, steps_per_epoch=100)
-    >>> tx = proxopt.classic("nesterov", sched, regularizer=proxopt.l1(1.0))
-    >>> params = {"w": jnp.array([0.05, 2.0])}
-    >>> updates, state = tx.update({"w": jnp.zeros(2)}, tx.init(params), params)
-    >>> optax.apply_updates(params, updates)["w"]
-    Array([0. , 1.9], dtype=float32)
-
-  References:
-    Zhuang, Liu, Cutkosky, Orabona, `Understanding AdamW through Proximal
-    Methods and Scale-Freeness <https://arxiv.org/abs/2202.00089>`_, TMLR 2022.
-  """
-  owner = "proxopt.classic"
-  if name not in CLASSIC_OPTIMIZERS:
-    raise ValueError(
-        f"{owner}: unknown optimizer name={name!r}; choose one of "
-        f"{CLASSIC_OPTIMIZERS}."
-    )
-  if name in ("sgd", "momentum", "nesterov") and optax_kwargs:
-    raise TypeError(
-        f"{owner}: {name!r} takes only `momentum`; got extra arguments "
-        f"{sorted(optax_kwargs)}."
-    )
-  _checks.check_hyperparam("momentum", momentum, owner)
-  _checks.check_hyperparam("weight_decay", weight_decay, owner)
-  # Concrete values are checked here; injected (traced) ones cannot be.
-  if (name in ("momentum", "nesterov") and _checks.is_concrete_number(momentum)
-      and not 0 <= float(momentum) < 1):
-    raise ValueError(f"{owner}: `momentum` must be in [0, 1), got {momentum!r}.")
-  _checks.check_nonnegative("weight_decay", weight_decay, owner)
-  # A Python 0 adds no decay link; an array (as inject_hyperparams passes,
-  # concrete at init and traced in update) or a schedule always does, so the
-  # state has one structure whatever value is injected.
-  with_decay = not (
-      isinstance(weight_decay, (int, float)) and float(weight_decay) == 0.0
-  )
-  if regularizer is not None and not isinstance(regularizer, Regularizer):
-    raise TypeError(
-        f"{owner}: `regularizer` must be a proxopt.Regularizer (e.g. "
-        f"proxopt.l1(1e-4)), got {type(regularizer).__name__}."
-    )
-
-  def build(learning_rate):
-    parts = [_classic_base(name, learning_rate, momentum, optax_kwargs)]
-    if with_decay:
-      parts.append(decoupled_weight_decay(weight_decay, learning_rate, mask=mask))
-    if regularizer is not None:
-      parts.append(proximal(regularizer, learning_rate, mask=mask))
-    return optax.with_extra_args_support(optax.chain(*parts))
-
-  if isinstance(learning_rate, optax.schedules.StatefulSchedule):
-    return optax.inject_hyperparams(build)(learning_rate=learning_rate)
-  if not callable(learning_rate):
-    _checks.check_nonnegative("learning_rate", learning_rate, owner)
-  return build(learning_rate)

@@ -23,11 +23,27 @@ a pass/fail check.
 Exact invariance needs ``eps = 0`` (and ``eps_root = 0``) in adaptive
 optimizers and non-zero gradients: with ``eps > 0`` the change is small but
 non-zero (roughly ``eps / |c_i g_i|``), and a zero gradient makes ``0 / 0``
-with ``eps = 0``. Both runs use float64 when ``jax_enable_x64`` is on (float
-params are upcast); in float32, rounding differences grow along the
-trajectory, so tolerances must be looser (the default ``rtol`` is 1e-9 in
-float64 and 1e-4 in float32).
+with ``eps = 0``.
 
+How the verdict is reached depends on the precision of the runs (float64
+when ``jax_enable_x64`` is on, else float32; float16/bfloat16 params are
+upcast to float32):
+
+- float32 (the default ``exact=None`` picks this *exact* mode): every factor
+  is rounded to the nearest power of two (:func:`power_of_two`). Multiplying
+  by ``2^k`` is exact in binary floating point and commutes with every
+  operation of a scale-free update (``c g``, ``c^2 v``,
+  ``sqrt(c^2 v) = c sqrt(v)``, the ratio, the bias corrections, sums and
+  products), and both runs execute the *same* compiled program, so a
+  scale-free optimizer gives bit-identical iterates: the tolerance is 0 and
+  any difference is evidence. A tolerance on float32 rounding noise could
+  not tell Adam-L2 with a small ``weight_decay`` (a change of 1e-5 or less)
+  from rounding.
+- float64 (``exact=None`` under x64): the factors are used as given and the
+  default tolerance is 1e-9, far above float64 rounding along a trajectory.
+
+Reaching this exactness needs factors away from the over/underflow range
+(``|c g|`` and ``(c g)^2`` normal floats) and a deterministic ``grad_fn``.
 Reference: Zhuang, Liu, Cutkosky, Orabona, "Understanding AdamW through
 Proximal Methods and Scale-Freeness", TMLR 2022 (arXiv 2202.00089).
 """
@@ -35,6 +51,7 @@ Proximal Methods and Scale-Freeness", TMLR 2022 (arXiv 2202.00089).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -42,11 +59,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from proxopt import _checks
+
 __all__ = [
     "ScaleFreeReport",
     "assert_not_scale_free",
     "assert_scale_free",
     "default_rtol",
+    "power_of_two",
     "scale_free_report",
 ]
 
@@ -60,16 +80,21 @@ _EXACT_NOTE = (
 )
 
 
-def default_rtol(dtype: Any) -> float:
-  """Default tolerance on the relative change: 1e-9 (float64), 1e-4 otherwise.
+def default_rtol(dtype: Any, exact: bool | None = None) -> float:
+  """Default tolerance on the relative change of :func:`scale_free_report`.
 
-  In float64 the two runs of :func:`scale_free_report` differ only by
-  rounding, far below 1e-9; in float32 rounding differences grow along the
-  trajectory, so the tolerance is looser.
+  ``0.0`` in exact mode (the default below float64: power-of-two factors make
+  a scale-free optimizer's two runs bit-identical, so any change is
+  evidence), ``1e-9`` in float64 (far above float64 rounding along a
+  trajectory), ``1e-4`` for float32 runs with ``exact=False`` (a tolerance
+  that float32 rounding stays under, but that also passes weakly
+  non-scale-free optimizers such as Adam-L2 with ``weight_decay=1e-3``).
 
   Args:
     dtype: the dtype the runs use (``jnp.float64`` when ``jax_enable_x64`` is
-      on, else the parameters' dtype).
+      on, else float32).
+    exact: the mode of :func:`scale_free_report`; ``None`` picks exact mode
+      for every dtype but float64.
 
   Returns:
     The tolerance on the maximum relative change, a float.
@@ -78,13 +103,55 @@ def default_rtol(dtype: Any) -> float:
     >>> import jax.numpy as jnp
     >>> from proxopt import testing
     >>> testing.default_rtol(jnp.float64), testing.default_rtol(jnp.float32)
-    (1e-09, 0.0001)
+    (1e-09, 0.0)
+    >>> testing.default_rtol(jnp.float32, exact=False)
+    0.0001
 
   References:
     Zhuang, Liu, Cutkosky, Orabona, "Understanding AdamW through Proximal
     Methods and Scale-Freeness", TMLR 2022 (arXiv 2202.00089).
   """
+  if _is_exact(dtype, exact):
+    return 0.0
   return 1e-9 if jnp.dtype(dtype) == jnp.float64 else 1e-4
+
+
+def _is_exact(dtype: Any, exact: bool | None) -> bool:
+  return jnp.dtype(dtype) != jnp.float64 if exact is None else bool(exact)
+
+
+def power_of_two(scales: Any) -> Any:
+  r"""Rounds positive factors to the nearest power of two, :math:`2^{\mathrm{round}(\log_2 c)}`.
+
+  The factors :func:`scale_free_report` uses in exact mode (the default in
+  float32). Use it to build a ``rescaled_optimizer`` that compensates a
+  loss multiplier with the factor that is actually applied.
+
+  Args:
+    scales: a positive number or a pytree of positive numbers/arrays.
+
+  Returns:
+    The same structure: a float for a scalar, float64 NumPy arrays otherwise.
+
+  Example:
+    >>> from proxopt import testing
+    >>> testing.power_of_two(10.0), testing.power_of_two(1e-3)
+    (8.0, 0.0009765625)
+
+  References:
+    IEEE 754: multiplying by a power of two is exact (barring over- and
+    underflow), which makes exact mode bit-exact.
+  """
+  def leaf(path, c):
+    _checks.check_positive_finite(
+        "scales", c, "proxopt.testing.power_of_two",
+        where=jax.tree_util.keystr(path),
+        fix="Factors are positive numbers, e.g. 10.0 or 1e-3.",
+    )
+    out = np.exp2(np.round(np.log2(np.asarray(c, np.float64))))
+    return float(out) if _is_scalar(c) else out
+
+  return jax.tree_util.tree_map_with_path(leaf, scales)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +173,8 @@ class ScaleFreeReport:
     rtol: the tolerance used to word the verdict.
     finite: whether the reference run stayed finite (a non-finite rescaled
       run next to a finite reference is an infinite change).
+    exact: whether the factors were rounded to powers of two and the
+      verdict rests on bit-identical iterates (see :func:`scale_free_report`).
   """
 
   max_rel_change: float
@@ -119,35 +188,43 @@ class ScaleFreeReport:
   rtol: float
   finite: bool
 
+  exact: bool = False
+
   @property
   def verdict(self) -> str:
-    """One of ``"scale-free"``, ``"small but non-zero change"``,
-    ``"not scale-free"``, ``"non-finite"``."""
+    """One of ``"scale-free"``, ``"not scale-free (small change)"``,
+    ``"not scale-free"``, ``"non-finite"``.
+
+    Any change above ``rtol`` is "not scale-free"; "(small change)" marks
+    changes up to ``1e-2``, as from ``eps > 0`` or a weak L2 penalty.
+    """
     if not self.finite:
       return "non-finite"
     if self.max_rel_change <= self.rtol:
       return "scale-free"
     if self.max_rel_change <= SMALL_CHANGE:
-      return "small but non-zero change"
+      return "not scale-free (small change)"
     return "not scale-free"
 
   def __str__(self) -> str:
+    mode = ", exact: power-of-two factors" if self.exact else ""
     head = (
         f"ScaleFreeReport({self.kind} rescaling, {self.steps} steps, "
-        f"{self.dtype}): max relative change {self.max_rel_change:.3e} "
+        f"{self.dtype}{mode}): max relative change {self.max_rel_change:.3e} "
         f"(step {self.worst_step}), final {self.final_rel_change:.3e}"
     )
     v = self.verdict
+    level = "bit-identical runs" if self.exact and self.rtol == 0 else "rounding level"
     if v == "non-finite":
       why = (
           "the reference run produced NaN/inf (with eps=0 a zero gradient "
           "gives 0/0; check grad_fn and the step size)"
       )
     elif v == "scale-free":
-      why = f"scale-free: change <= rtol={self.rtol:.0e} (rounding level)"
-    elif v == "small but non-zero change":
+      why = f"scale-free: change <= rtol={self.rtol:.0e} ({level})"
+    elif v == "not scale-free (small change)":
       why = (
-          f"small but non-zero change (> rtol={self.rtol:.0e}, <= "
+          f"not scale-free, small change (> rtol={self.rtol:.0e}, <= "
           f"{SMALL_CHANGE:.0e}): nearly but not exactly scale-free, as with "
           "eps>0 in Adam-type methods (change about eps/|c*g|) or a weak term "
           "that does not rescale (e.g. a small L2 penalty)"
@@ -168,140 +245,136 @@ def _is_scalar(x: Any) -> bool:
   return isinstance(x, (np.ndarray, jax.Array)) and np.ndim(x) == 0
 
 
-def _check_inputs(optimizer, params, grad_fn, steps, scales, owner):
-  if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
-    raise TypeError(
-        f"{owner}: `optimizer` must be an optax.GradientTransformation (with "
-        f"init and update), got {type(optimizer).__name__}."
+_SCALES_FIX = (
+    "Scale-freeness is about finite positive factors 0 < c_i < inf (an "
+    "infinite factor makes the rescaled gradient inf, which would be blamed "
+    "on the optimizer); use e.g. 1e-3 or 1e6."
+)
+
+
+def _input_kind(optimizer, params, grad_fn, steps, scales, rtol, owner) -> str:
+  """Checks the arguments of the report/assertions; returns the kind of scales."""
+  _checks.check_transformation("optimizer", optimizer, owner)
+  _checks.check_callable(
+      "grad_fn", grad_fn, owner, "a function params -> gradients",
+      "E.g. `jax.grad(loss)`.",
+  )
+  # ValueError for a non-int too, as since the first release.
+  _checks.check_int("steps", steps, owner, minimum=1, wrong_type=ValueError)
+  _checks.check_float_leaves("params", params, owner)
+  if rtol is not None:
+    _checks.check_number_in(
+        "rtol", rtol, owner, 0.0, np.inf, scalar=True, wrong_type=ValueError,
+        fix="Or None for the default, 1e-9 in float64 and 1e-4 in float32.",
     )
-  if not callable(grad_fn):
-    raise TypeError(
-        f"{owner}: `grad_fn` must be a function params -> gradients, e.g. "
-        "`jax.grad(loss)`."
-    )
-  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-    raise ValueError(f"{owner}: `steps` must be an int >= 1, got {steps!r}.")
-  leaves = jax.tree.leaves(params)
-  if not leaves:
-    raise ValueError(f"{owner}: `params` has no array leaves.")
-  for leaf in leaves:
-    if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-      raise TypeError(
-          f"{owner}: `params` leaves must be floating point, got a leaf of "
-          f"dtype {jnp.result_type(leaf)}. Cast with `x.astype(jnp.float32)`."
-      )
   if _is_scalar(scales):
-    if not (float(scales) > 0 and np.isfinite(float(scales))):
-      raise ValueError(
-          f"{owner}: `scales` must be > 0 and finite (a loss multiplier), got "
-          f"{scales!r}."
-      )
+    _checks.check_positive_finite(
+        "scales", scales, owner, fix="A scalar is a loss multiplier."
+    )
     return "loss multiplier"
   p_struct = jax.tree.structure(params)
   s_struct = jax.tree.structure(scales)
-  if p_struct != s_struct:
-    raise ValueError(
-        f"{owner}: `scales` must be a positive scalar or a pytree like "
-        f"`params`; params are {p_struct} but scales are {s_struct}. Build it "
-        "with e.g. `jax.tree.map(lambda x: jnp.full_like(x, 10.0), params)`."
-    )
+  _checks.check_that(
+      p_struct == s_struct, owner,
+      "`scales` must be a positive scalar or a pytree like `params`",
+      f"scales {s_struct} for params {p_struct}",
+      "Build it with e.g. `jax.tree.map(lambda x: jnp.full_like(x, 10.0), params)`.",
+  )
   for (path, s), p in zip(
-      jax.tree_util.tree_flatten_with_path(scales)[0], leaves
+      jax.tree_util.tree_flatten_with_path(scales)[0], jax.tree.leaves(params)
   ):
-    s_np = np.asarray(s)
     where = jax.tree_util.keystr(path)
     # One-directional: the scales leaf must broadcast *to* the parameter
     # (a (3, 6) leaf for a (6,) parameter would change the gradient's shape).
-    try:
-      fits = np.broadcast_shapes(s_np.shape, np.shape(p)) == np.shape(p)
-    except ValueError:
-      fits = False
-    if not fits:
-      raise ValueError(
-          f"{owner}: `scales` leaf at {where} has shape {s_np.shape}, which "
-          f"does not broadcast to the parameter's shape {np.shape(p)}. Use a "
-          "scalar or an array of the parameter's shape (or one that "
-          "broadcasts to it, e.g. shape (1,) or a trailing sub-shape)."
-      )
-    if not np.issubdtype(s_np.dtype, np.number) or np.issubdtype(
-        s_np.dtype, np.complexfloating
-    ):
-      raise TypeError(
-          f"{owner}: `scales` leaf at {where} must hold real numbers, got "
-          f"dtype {s_np.dtype}."
-      )
-    if not np.all(s_np > 0):
-      raise ValueError(
-          f"{owner}: `scales` leaf at {where} has entries <= 0 (or NaN); "
-          "scale-freeness is about positive factors c_i > 0."
-      )
-    if not np.all(np.isfinite(s_np)):
-      raise ValueError(
-          f"{owner}: `scales` leaf at {where} has infinite entries; "
-          "scale-freeness is about finite factors 0 < c_i < inf (an infinite "
-          "factor makes the rescaled gradient inf, which would be blamed on "
-          "the optimizer). Use large finite factors, e.g. 1e6."
-      )
+    _checks.check_broadcasts_to(
+        "scales", s, p, owner, where=where,
+        fix="Use a scalar or an array of the parameter's shape (or one that "
+        "broadcasts to it, e.g. shape (1,) or a trailing sub-shape).",
+    )
+    _checks.check_positive_finite("scales", s, owner, where=where, fix=_SCALES_FIX)
   return "per-coordinate"
 
 
-def _check_rtol(rtol, owner):
-  if rtol is None:
-    return
-  ok = (
-      not isinstance(rtol, bool)
-      and _is_scalar(rtol)
-      and np.isfinite(float(rtol))
-      and float(rtol) >= 0
-  )
-  if not ok:
-    raise ValueError(
-        f"{owner}: `rtol` must be a finite number >= 0 (or None for the "
-        f"default, 1e-9 in float64 and 1e-4 in float32), got {rtol!r}."
-    )
-
-
 def _run_dtype(params):
-  # float64 whenever JAX allows it: rounding then stays far below any change
-  # worth reporting.
+  # float64 whenever JAX allows it; otherwise at least float32 (a float16
+  # second moment overflows at |c g| > 256, which would be blamed on the
+  # optimizer).
   if jax.config.jax_enable_x64:
     return jnp.float64
-  return jnp.result_type(*jax.tree.leaves(params))
+  return jnp.promote_types(jnp.result_type(*jax.tree.leaves(params)), jnp.float32)
+
+
+# Iterates kept on the host at a time (both runs), in elements.
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def _factor_tree(scales, params, dtype):
+  """The factors as a pytree like ``params`` of arrays of ``dtype``."""
+  if _is_scalar(scales):
+    return jax.tree.map(lambda _: np.asarray(scales, dtype), params)
+  return jax.tree.map(lambda c: np.asarray(c, dtype), scales)
 
 
 def _trajectory_gaps(opt_ref, opt_scaled, params, grad_fn, scales, steps):
-  """Runs both trajectories under one jitted lax.scan.
+  """Runs both trajectories; per-step ``||y_t - x_t||``, ``||x_t - x_0||``.
 
-  Returns per-step ``||y_t - x_t||``, ``||x_t - x_0||`` and the finiteness
-  of each run.
+  Both runs call the *same* jitted function, the reference with factors 1,
+  so that (when ``opt_scaled is opt_ref``) they execute one compiled
+  program: with power-of-two factors a scale-free optimizer then gives
+  bit-identical iterates. (Tracing the two runs into one program, as a joint
+  ``lax.scan``, would let XLA fuse and order each copy's reductions
+  differently.) The iterates are compared on the host in float64, a chunk
+  of steps at a time.
   """
-  scalar = _is_scalar(scales)
+  dtype = jax.tree.leaves(params)[0].dtype
+  c_scaled = _factor_tree(scales, params, dtype)
+  c_ref = jax.tree.map(np.ones_like, c_scaled)
 
-  def rescale(g):
-    if scalar:
-      return jax.tree.map(lambda gi: gi * jnp.asarray(scales, gi.dtype), g)
-    return jax.tree.map(lambda gi, c: gi * jnp.asarray(c, gi.dtype), g, scales)
+  def make_run(opt):
+    @functools.partial(jax.jit, static_argnums=3)
+    def run(x, state, c, n):
+      def step(carry, _):
+        x, state = carry
+        g = jax.tree.map(lambda gi, ci: gi * ci.astype(gi.dtype), grad_fn(x), c)
+        u, state = opt.update(g, state, x)
+        x = optax.apply_updates(x, u)
+        return (x, state), x
 
-  def all_finite(tree):
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(l)) for l in jax.tree.leaves(tree)]))
+      (x, state), xs = jax.lax.scan(step, (x, state), None, length=n)
+      return x, state, xs
 
-  @jax.jit
-  def run(x0):
-    def step(carry, _):
-      x, sx, y, sy = carry
-      ux, sx = opt_ref.update(grad_fn(x), sx, x)
-      uy, sy = opt_scaled.update(rescale(grad_fn(y)), sy, y)
-      x = optax.apply_updates(x, ux)
-      y = optax.apply_updates(y, uy)
-      gap = optax.tree_utils.tree_norm(optax.tree_utils.tree_sub(y, x))
-      disp = optax.tree_utils.tree_norm(optax.tree_utils.tree_sub(x, x0))
-      return (x, sx, y, sy), (gap, disp, all_finite(x), all_finite(y))
+    return run
 
-    carry = (x0, opt_ref.init(x0), x0, opt_scaled.init(x0))
-    _, out = jax.lax.scan(step, carry, None, length=steps)
-    return out
-
-  return jax.device_get(run(params))
+  run_ref = make_run(opt_ref)
+  run_scaled = run_ref if opt_scaled is opt_ref else make_run(opt_scaled)
+  size = sum(int(np.size(l)) for l in jax.tree.leaves(params))
+  chunk = int(max(1, min(steps, _CHUNK_ELEMENTS // max(size, 1))))
+  x0 = [np.asarray(l, np.float64) for l in jax.tree.leaves(params)]
+  x, sx = params, opt_ref.init(params)
+  y, sy = params, opt_scaled.init(params)
+  gaps, disps, ok_x, ok_y = [], [], [], []
+  done = 0
+  while done < steps:
+    n = min(chunk, steps - done)
+    x, sx, xs = run_ref(x, sx, c_ref, n)
+    y, sy, ys = run_scaled(y, sy, c_scaled, n)
+    gap2, disp2 = np.zeros(n), np.zeros(n)
+    fx, fy = np.ones(n, bool), np.ones(n, bool)
+    for a, b, a0 in zip(jax.tree.leaves(xs), jax.tree.leaves(ys), x0):
+      a = np.asarray(a, np.float64).reshape(n, -1)
+      b = np.asarray(b, np.float64).reshape(n, -1)
+      with np.errstate(invalid="ignore", over="ignore"):
+        gap2 += np.sum(np.square(b - a), axis=1)
+        disp2 += np.sum(np.square(a - a0.reshape(1, -1)), axis=1)
+      fx &= np.all(np.isfinite(a), axis=1)
+      fy &= np.all(np.isfinite(b), axis=1)
+    gaps.append(np.sqrt(gap2))
+    disps.append(np.sqrt(disp2))
+    ok_x.append(fx)
+    ok_y.append(fy)
+    done += n
+  return (np.concatenate(gaps), np.concatenate(disps), np.concatenate(ok_x),
+          np.concatenate(ok_y))
 
 
 def scale_free_report(
@@ -313,6 +386,7 @@ def scale_free_report(
     scales: Any,
     rtol: float | None = None,
     rescaled_optimizer: optax.GradientTransformation | None = None,
+    exact: bool | None = None,
 ) -> ScaleFreeReport:
   r"""Measures how much ``optimizer``'s trajectory changes under rescaling.
 
@@ -328,10 +402,16 @@ def scale_free_report(
       leaf broadcastable *to* its parameter's shape (per-coordinate
       rescaling: gradients ``c ⊙ g`` of the parameter's shape).
     rtol: tolerance used to word the verdict, a finite number >= 0;
-      default :func:`default_rtol`.
+      default :func:`default_rtol` (0 in exact mode).
     rescaled_optimizer: the optimizer of the rescaled run (default: the same
       ``optimizer``). Pass e.g. ``proxopt.adam_l2(lr, weight_decay=c * wd)`` to check that a
-      hyper-parameter change compensates a loss multiplier ``c``.
+      hyper-parameter change compensates a loss multiplier ``c``; in exact
+      mode build it with the factor applied, ``c = testing.power_of_two(c)``.
+    exact: ``True`` rounds the factors to powers of two
+      (:func:`power_of_two`) and, with the default ``rtol=0``, calls only
+      bit-identical runs scale-free; ``False`` uses the factors as given with
+      a tolerance on rounding noise. ``None`` (default): exact unless the runs
+      are in float64 (``jax_enable_x64``).
 
   Returns:
     A :class:`ScaleFreeReport`; ``print`` it for a readable verdict.
@@ -339,14 +419,17 @@ def scale_free_report(
   Raises:
     ValueError: (before anything runs) if ``scales`` is not finite and
       positive, a ``scales`` leaf does not broadcast to its parameter's shape,
-      or ``rtol`` is negative, NaN or infinite; ``steps`` < 1.
+      every factor rounds to 1 in exact mode, or ``rtol`` is negative, NaN or
+      infinite; ``steps`` < 1.
     TypeError: if ``optimizer``/``rescaled_optimizer`` is not a
       ``GradientTransformation``, ``grad_fn`` is not callable, or a ``params``
       leaf is not floating point.
 
-  Both runs are traced once and run in a single jitted ``lax.scan``. Use
-  float64 (``jax.config.update("jax_enable_x64", True)``) for tight checks;
-  see the module docstring for eps and zero gradients.
+  The rule (see the module docstring): in float32 (exact mode) the factors
+  are rounded to powers of two, both runs execute one compiled program, and
+  the verdict is "scale-free" only for bit-identical iterates; in float64
+  the factors are used as given with ``rtol=1e-9``. Both runs are jitted
+  ``lax.scan`` loops; see the module docstring for eps and zero gradients.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -367,16 +450,29 @@ def scale_free_report(
     Methods and Scale-Freeness", TMLR 2022 (arXiv 2202.00089).
   """
   owner = "proxopt.testing.scale_free_report"
-  kind = _check_inputs(optimizer, params, grad_fn, steps, scales, owner)
-  _check_rtol(rtol, owner)
+  kind = _input_kind(optimizer, params, grad_fn, steps, scales, rtol, owner)
+  _checks.check_transformation(
+      "rescaled_optimizer", rescaled_optimizer, owner, allow_none=True
+  )
   if rescaled_optimizer is None:
     rescaled_optimizer = optimizer
-  elif not (hasattr(rescaled_optimizer, "init") and hasattr(rescaled_optimizer, "update")):
-    raise TypeError(
-        f"{owner}: `rescaled_optimizer` must be an optax.GradientTransformation "
-        "or None."
-    )
+  _checks.check_bool(
+      "exact", exact, owner, "None picks exact mode below float64.",
+      allow_none=True,
+  )
   dtype = _run_dtype(params)
+  exact = _is_exact(dtype, exact)
+  if exact:
+    # Powers of two commute exactly with every operation of a scale-free
+    # update, so the two runs must agree bit for bit (module docstring).
+    scales = power_of_two(scales)
+    _checks.check_that(
+        not all(np.all(c == 1.0) for c in jax.tree.leaves(scales)), owner,
+        "every factor of `scales` rounds to 1 (exact mode rounds them to the "
+        "nearest power of two), so nothing would be rescaled",
+        "factors that round to 1",
+        "Use factors far from 1, e.g. 1e-3 and 1e3, or exact=False.",
+    )
   x0 = jax.tree.map(lambda p: jnp.asarray(p, dtype), params)
   gap, disp, ok_ref, ok_scaled = _trajectory_gaps(
       optimizer, rescaled_optimizer, x0, grad_fn, scales, int(steps)
@@ -409,8 +505,9 @@ def scale_free_report(
       kind=kind,
       steps=int(steps),
       dtype=jnp.dtype(dtype).name,
-      rtol=float(default_rtol(dtype) if rtol is None else rtol),
+      rtol=float(default_rtol(dtype, exact) if rtol is None else rtol),
       finite=finite,
+      exact=exact,
   )
 
 
@@ -429,6 +526,7 @@ def assert_scale_free(
     scales: Any,
     rtol: float | None = None,
     rescaled_optimizer: optax.GradientTransformation | None = None,
+    exact: bool | None = None,
 ) -> ScaleFreeReport:
   r"""Asserts that rescaling gradients by ``scales`` leaves the iterates alone.
 
@@ -447,13 +545,16 @@ def assert_scale_free(
       :func:`default_rtol`).
     rescaled_optimizer: the optimizer of the rescaled run (default: the same
       ``optimizer``).
+    exact: as in :func:`scale_free_report` (default: exact, power-of-two
+      factors and bit-identical runs, unless the runs are in float64).
 
   Returns:
     The :class:`ScaleFreeReport`, when the assertion holds.
 
   Raises:
     AssertionError: when the maximum relative change exceeds ``rtol`` (default
-      1e-9 in float64, 1e-4 in float32) or the reference run is non-finite.
+      1e-9 in float64, 0 in float32's exact mode) or the reference run is
+      non-finite.
 
   Example:
     >>> import jax, jax.numpy as jnp, proxopt
@@ -468,7 +569,7 @@ def assert_scale_free(
   """
   report = scale_free_report(
       optimizer, params, grad_fn, steps=steps, scales=scales, rtol=rtol,
-      rescaled_optimizer=rescaled_optimizer,
+      rescaled_optimizer=rescaled_optimizer, exact=exact,
   )
   if not report.finite:
     _fail("assert_scale_free", report, "the reference run produced NaN/inf.")
@@ -490,6 +591,7 @@ def assert_not_scale_free(
     scales: Any,
     rtol: float | None = None,
     rescaled_optimizer: optax.GradientTransformation | None = None,
+    exact: bool | None = None,
 ) -> ScaleFreeReport:
   """Asserts that rescaling gradients changes the iterates by more than ``rtol``.
 
@@ -508,6 +610,8 @@ def assert_not_scale_free(
     rtol: the change must exceed this (default :func:`default_rtol`).
     rescaled_optimizer: the optimizer of the rescaled run (default: the same
       ``optimizer``).
+    exact: as in :func:`scale_free_report` (default: exact, power-of-two
+      factors and bit-identical runs, unless the runs are in float64).
 
   Returns:
     The :class:`ScaleFreeReport`, when the assertion holds.
@@ -529,7 +633,7 @@ def assert_not_scale_free(
   """
   report = scale_free_report(
       optimizer, params, grad_fn, steps=steps, scales=scales, rtol=rtol,
-      rescaled_optimizer=rescaled_optimizer,
+      rescaled_optimizer=rescaled_optimizer, exact=exact,
   )
   if not report.finite:
     _fail("assert_not_scale_free", report, "the reference run produced NaN/inf.")

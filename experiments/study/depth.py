@@ -48,7 +48,6 @@ checkpoints of unfinished runs and is not kept).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -58,7 +57,7 @@ import sys
 import time
 
 from experiments.files import write_json
-from experiments.study.runner import launch_train
+from experiments.study.runner import launch_train, study_args, study_parser
 from experiments.study.spec import ROOT, read_summary
 from experiments.training.run_dir import read_metrics
 
@@ -291,30 +290,12 @@ def status(p: Protocol, results: pathlib.Path = RESULTS) -> str:
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m experiments.study.depth",
-                               description=__doc__.split("\n")[0])
-  sub = ap.add_subparsers(dest="cmd", required=True)
-  for name in ("run", "status", "commands", "collect"):
-    s = sub.add_parser(name)
-    s.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu")
-    s.add_argument("--dataset", default=None,
-                   help="override the protocol's data (cifar10 | npz:DIR), e.g. "
-                   "npz:../shared/data/cifar10")
-    s.add_argument("--runs-dir", default=None, help="default runs/depth-<protocol>")
-    s.add_argument("--results", default=str(RESULTS), help="the record (default %(default)s)")
-    if name == "collect":
-      s.add_argument("--report", default=str(ROOT / "docs" / "results" / "depth_study.md"))
-      s.add_argument("--figures", default=str(ROOT / "docs" / "figures"))
-    if name == "run":
-      s.add_argument("--workers", type=int, default=2)
-      s.add_argument("--pin", action="store_true", help="bind worker k to CPU core k")
-      s.add_argument("--max-runs", type=int, default=None, help="start at most N runs")
+  ap, cmds = study_parser("python -m experiments.study.depth", __doc__.split("\n")[0],
+                          PROTOCOLS, RESULTS, ROOT / "docs" / "results" / "depth_study.md")
+  cmds["run"].add_argument("--workers", type=int, default=2)
+  cmds["run"].add_argument("--pin", action="store_true", help="bind worker k to CPU core k")
   args = ap.parse_args(argv)
-  p = PROTOCOLS[args.protocol]
-  if args.dataset:
-    p = dataclasses.replace(p, dataset=args.dataset)
-  results = pathlib.Path(args.results)
-  runs_dir = pathlib.Path(args.runs_dir or ROOT / "runs" / f"depth-{args.protocol}")
+  p, results, runs_dir = study_args(args, PROTOCOLS, "depth")
   if args.cmd == "status":
     print(status(p, results))
     return 0

@@ -54,6 +54,18 @@ def _fmt(ms: dict, scale: float = 1.0, digits: int = 3) -> str:
   return s + f" (n={ms['n']})"
 
 
+def in_range_iqr_octaves(counts, edges) -> float | None:
+  """Inter-quartile range (octaves = log2 units) of a histogram with equal
+  bins between ``edges = [lo, hi]``, interpolating linearly inside a bin."""
+  c = np.asarray(counts, float)
+  if c.sum() <= 0:
+    return None
+  x = np.linspace(edges[0], edges[1], len(c) + 1)
+  cdf = np.concatenate([[0.0], np.cumsum(c)]) / c.sum()
+  q = np.interp([0.25, 0.75], cdf, x)
+  return float(q[1] - q[0])
+
+
 def summarize(records: list[dict]) -> dict:
   """The numbers of the report, JSON-ready."""
   by_cell: dict[tuple, list[dict]] = {}
@@ -90,6 +102,14 @@ def summarize(records: list[dict]) -> dict:
         # The loop's own summary of the last epoch (proxopt.update_scale_summary,
         # which also counts the values outside the histogram's range).
         "update_iqr": _ms(x["curves"]["update_iqr_octaves"][-1] for x in done),
+        # The same on the recorded histogram's range only: the values below it
+        # are directions an L2 term drove towards 0 (dead weights, issue #22).
+        "update_iqr_in_range": _ms(
+            in_range_iqr_octaves(x["final_update_hist"]["update_log2_hist"],
+                                 x["final_update_hist"]["update_log2_edges"])
+            for x in done if x["final_update_hist"].get("update_log2_hist")),
+        "zero_update_share": _ms(x["final_update_hist"].get("update_zero_fraction")
+                                 for x in done),
     }
   pairs = []
   for bn in ("nobn", "bn"):
@@ -104,10 +124,14 @@ def summarize(records: list[dict]) -> dict:
         if not seeds:
           continue
         diff = {}
-        for k in ("test_acc", "train_loss"):
+        for k in ("test_acc", "val_acc", "train_loss"):
           va = dict(zip(ca["seeds"], ca[k]["values"]))
           vb = dict(zip(cb["seeds"], cb[k]["values"]))
           diff[k] = _ms(va[s] - vb[s] for s in seeds)
+        # test and validation are two independent 2,000-image samples of the
+        # same distribution: their mean halves the sampling variance.
+        diff["pooled_acc"] = _ms((a + b) / 2 for a, b in zip(diff["test_acc"]["values"],
+                                                             diff["val_acc"]["values"]))
         pairs.append({"bn": bn, "model": model, "a": a, "b": b, "seeds": seeds, **diff})
   core_s = sum((rec["final"].get("wall_seconds") or 0.0) for rec in records)
   return {"grid": [{"optimizer": g["run"]["optimizer"], "lr": g["run"]["lr"],
@@ -128,6 +152,21 @@ def render(summary: dict, protocol: dict | None = None) -> str:
             f"schedule {protocol['schedule']}, zero-init residual branches: "
             f"{protocol['zero_init_residual']}. {summary['runs']} runs recorded, "
             f"{summary['core_hours']:.1f} core-hours of training.", ""]
+  dead = {c["model"]: c["zero_update_share"]["mean"] for c in summary["cells"].values()
+          if c["bn"] == "nobn" and c["optimizer"] == "adamw" and c["zero_update_share"]["n"]}
+  if protocol and protocol.get("zero_init_residual") and dead and max(dead.values()) > 0.3:
+    shares = " and ".join(f"{v:.1%} of {m}'s" for m, v in sorted(
+        dead.items(), key=lambda kv: int(kv[0].replace("resnet", ""))))
+    out += ["**These networks had dead channels (issue #22).** The code of these runs zeroed the "
+            "last convolution of every residual branch, including the first block of stages 2 "
+            "and 3, whose option-A shortcut pads the new channels with zeros: those channels "
+            "stayed at exactly 0 through every later block, and no weight writing into them "
+            "ever received a gradient. The share of exactly-zero AdamW updates at the last "
+            f"epoch, {shares} parameters, is that dead share (Adam-L2's is lower only because "
+            "its L2 term keeps shrinking the dead weights, which also stretches its "
+            "out-of-range update IQR). The networks trained a 16-channel residual stream, not "
+            "the paper's ResNets: every verdict drawn from these tables is about that network. "
+            "`zero_init_residual` now zeroes only branches whose shortcut is the identity.", ""]
   out += ["### Grid (ResNet-20 without BN, seed 0), selected on validation accuracy", "",
           "| optimizer | alpha | lambda (paper) | val acc | val loss | test acc | train loss "
           "| selected |", "|---|---|---|---|---|---|---|---|"]
@@ -139,20 +178,24 @@ def render(summary: dict, protocol: dict | None = None) -> str:
                f"| {'**yes**' if sel else ('diverged' if g['status'] == 'diverged' else '')} |")
   out += ["", "### Final results at the selected settings (mean ± sd over seeds)", "",
           "| BN | model | optimizer | test acc (%) | val acc (%) | train loss "
-          "| update IQR (octaves) |", "|---|---|---|---|---|---|---|"]
+          "| update IQR (octaves) | IQR in-range (octaves) | zero-update share |",
+          "|---|---|---|---|---|---|---|---|---|"]
   for c in summary["cells"].values():
     out.append(f"| {'with' if c['bn'] == 'bn' else 'without'} | {c['model']} "
                f"| {LABEL[c['optimizer']]} | {_fmt(c['test_acc'], 100, 1)} "
                f"| {_fmt(c['val_acc'], 100, 1)} | {_fmt(c['train_loss'])} "
-               f"| {_fmt(c['update_iqr'], 1, 2)} |")
+               f"| {_fmt(c['update_iqr'], 1, 2)} | {_fmt(c['update_iqr_in_range'], 1, 2)} "
+               f"| {_fmt(c['zero_update_share'], 1, 3)} |")
   out += ["", "### Paired differences (same seed = same initialisation and data order)", "",
-          "| BN | model | difference | test acc (points) | per seed | train loss | per seed |",
-          "|---|---|---|---|---|---|---|"]
+          "| BN | model | difference | test acc (points) | per seed | val acc (points) "
+          "| test and val pooled (points) | train loss | per seed |",
+          "|---|---|---|---|---|---|---|---|---|"]
   for p in summary["pairs"]:
     per = lambda ms, s=1.0, d=1: ", ".join(f"{v * s:+.{d}f}" for v in ms["values"])
     out.append(f"| {'with' if p['bn'] == 'bn' else 'without'} | {p['model']} "
                f"| {LABEL[p['a']]} − {LABEL[p['b']]} | {_fmt(p['test_acc'], 100, 1)} "
-               f"| {per(p['test_acc'], 100)} | {_fmt(p['train_loss'])} "
+               f"| {per(p['test_acc'], 100)} | {_fmt(p['val_acc'], 100, 1)} "
+               f"| {_fmt(p['pooled_acc'], 100, 1)} | {_fmt(p['train_loss'])} "
                f"| {per(p['train_loss'], 1, 3)} |")
   return "\n".join(out) + "\n"
 

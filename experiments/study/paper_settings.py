@@ -46,14 +46,14 @@ import time
 
 import numpy as np
 
-from experiments.configs.recipes import get_recipe
 from experiments.files import write_json
 from experiments.study.depth import CURVE_KEYS, load_result, portable_config
-from experiments.study.runner import launch_train
+from experiments.study.runner import launch_train, study_args, study_parser
 from experiments.study.spec import ROOT, read_summary
 from experiments.training.run_dir import read_metrics
 
 RESULTS = ROOT / "docs" / "results" / "paper_settings"
+_now = datetime.datetime.now  # the runner's clock (a test advances a fake one)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +188,7 @@ def run_study(p: Protocol, runs_dir: pathlib.Path, results: pathlib.Path = RESUL
       break
     est = estimated_seconds(run, results)
     if until is not None and est is not None and (
-        datetime.datetime.now() + datetime.timedelta(seconds=1.05 * est) > until):
+        _now() + datetime.timedelta(seconds=1.05 * est) > until):
       print(f"stop: {run.name} needs about {est / 60:.0f} min, more than is left "
             f"before {until:%H:%M}", flush=True)
       break
@@ -225,36 +225,19 @@ def _until(text: str) -> datetime.datetime:
     t = datetime.datetime.strptime(text, "%H:%M").time()
   except ValueError:
     raise argparse.ArgumentTypeError(f"--until takes HH:MM, got {text!r}") from None
-  now = datetime.datetime.now()
+  now = _now()
   at = datetime.datetime.combine(now.date(), t)
   return at if at > now else at + datetime.timedelta(days=1)
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m experiments.study.paper_settings",
-                               description=__doc__.split("\n")[0])
-  sub = ap.add_subparsers(dest="cmd", required=True)
-  for name in ("run", "status", "commands", "collect"):
-    s = sub.add_parser(name)
-    s.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu")
-    s.add_argument("--dataset", default=None,
-                   help="override the protocol's data (cifar10 | npz:DIR), e.g. "
-                   "npz:../shared/data/cifar10")
-    s.add_argument("--runs-dir", default=None, help="default runs/paper-settings-<protocol>")
-    s.add_argument("--results", default=str(RESULTS), help="the record (default %(default)s)")
-    if name == "collect":
-      s.add_argument("--report", default=str(ROOT / "docs" / "results" / "paper_settings.md"))
-      s.add_argument("--figures", default=str(ROOT / "docs" / "figures"))
-    if name == "run":
-      s.add_argument("--max-runs", type=int, default=None, help="start at most N runs")
-      s.add_argument("--until", type=_until, default=None,
-                     help="HH:MM: start no run expected to end after it")
+  ap, cmds = study_parser("python -m experiments.study.paper_settings",
+                          __doc__.split("\n")[0], PROTOCOLS, RESULTS,
+                          ROOT / "docs" / "results" / "paper_settings.md")
+  cmds["run"].add_argument("--until", type=_until, default=None,
+                           help="HH:MM: start no run expected to end after it")
   args = ap.parse_args(argv)
-  p = PROTOCOLS[args.protocol]
-  if args.dataset:
-    p = dataclasses.replace(p, dataset=args.dataset)
-  results = pathlib.Path(args.results)
-  runs_dir = pathlib.Path(args.runs_dir or ROOT / "runs" / f"paper-settings-{args.protocol}")
+  p, results, runs_dir = study_args(args, PROTOCOLS, "paper-settings")
   if args.cmd == "status":
     print(status(p, results))
     return 0

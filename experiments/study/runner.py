@@ -11,6 +11,7 @@ the tables and figures are :mod:`experiments.study.report`. Commands::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import pathlib
 import subprocess
@@ -30,6 +31,41 @@ def launch_train(flags: list[str], log_path: pathlib.Path,
         [sys.executable, "-m", "experiments.train", *flags], stdout=log,
         stderr=subprocess.STDOUT, cwd=ROOT,
         preexec_fn=(lambda c=core: os.sched_setaffinity(0, {c})) if core is not None else None)
+
+
+def study_parser(prog: str, description: str, protocols: dict, results: pathlib.Path,
+                 report: pathlib.Path) -> tuple[argparse.ArgumentParser, dict]:
+  """The command line of a study recorded as JSON files (``run``, ``status``,
+  ``commands``, ``collect``); returns the parser and its subcommands, to which
+  the study adds its own ``run`` options."""
+  ap = argparse.ArgumentParser(prog=prog, description=description)
+  subs = ap.add_subparsers(dest="cmd", required=True)
+  cmds = {}
+  for name in ("run", "status", "commands", "collect"):
+    s = cmds[name] = subs.add_parser(name)
+    s.add_argument("--protocol", choices=sorted(protocols), default="cpu")
+    s.add_argument("--dataset", default=None,
+                   help="override the protocol's data (cifar10 | npz:DIR), e.g. "
+                   "npz:../shared/data/cifar10")
+    s.add_argument("--runs-dir", default=None,
+                   help="run directories (default runs/<study>-<protocol>)")
+    s.add_argument("--results", default=str(results), help="the record (default %(default)s)")
+    if name == "collect":
+      s.add_argument("--report", default=str(report))
+      s.add_argument("--figures", default=str(ROOT / "docs" / "figures"))
+    if name == "run":
+      s.add_argument("--max-runs", type=int, default=None, help="start at most N runs")
+  return ap, cmds
+
+
+def study_args(args, protocols: dict, study: str):
+  """(protocol with ``--dataset`` applied, results folder, runs folder) of a
+  :func:`study_parser` command line."""
+  p = protocols[args.protocol]
+  if args.dataset:
+    p = dataclasses.replace(p, dataset=args.dataset)
+  runs_dir = pathlib.Path(args.runs_dir or ROOT / "runs" / f"{study}-{args.protocol}")
+  return p, pathlib.Path(args.results), runs_dir
 
 
 def run_all(scale: str, runs_dir: pathlib.Path, workers: int, pin: bool,

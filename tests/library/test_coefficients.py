@@ -263,3 +263,138 @@ def test_sgdprox_decays_low_precision_leaves(dtype):
   x = np.asarray(params["w"]).astype(np.float64)
   np.testing.assert_allclose(np.asarray(u["w"]).astype(np.float64), -1e-4 * x / (1 + 1e-4),
                              rtol=2**-7)
+
+
+# ---------------------------------------------------------------------------
+# Issue #23: per-leaf coefficients (a pytree like params), as jaxopt's prox.
+
+_P = {"b": np.array([0.3, -0.05, -2.0]), "w": np.array([[1.5, -0.02], [0.4, -3.0]])}
+
+
+def _params():
+  return {k: jnp.asarray(v, jnp.float32) for k, v in _P.items()}
+
+
+def _soft(z, t):
+  return np.sign(z) * np.maximum(np.abs(z) - t, 0.0)
+
+
+_PER_LEAF = [
+    ("l1", lambda c: proxopt.l1(c), lambda z, s, c: _soft(z, s * c),
+     lambda x, c: c * np.sum(np.abs(x))),
+    ("l2_squared", lambda c: proxopt.l2_squared(c), lambda z, s, c: z / (1 + s * c),
+     lambda x, c: 0.5 * c * np.sum(x * x)),
+    ("elastic_net", lambda c: proxopt.elastic_net(c, 0.5),
+     lambda z, s, c: _soft(z, s * c) / (1 + s * 0.5),
+     lambda x, c: c * np.sum(np.abs(x)) + 0.25 * np.sum(x * x)),
+    ("group_lasso", lambda c: proxopt.group_lasso(c),
+     lambda z, s, c: z * max(0.0, 1 - s * c / np.linalg.norm(z)),
+     lambda x, c: c * np.linalg.norm(x)),
+]
+
+
+@pytest.mark.parametrize("name, make, prox, value", _PER_LEAF, ids=[c[0] for c in _PER_LEAF])
+def test_per_leaf_coefficients_match_numpy(name, make, prox, value):
+  del name
+  coef, s = {"b": 0.0, "w": 0.7}, 0.5
+  reg, params = make(coef), _params()
+  # apply_prox and regularizer_value, leaf by leaf against NumPy.
+  out = proxopt.apply_prox(reg, params, s)
+  for k in _P:
+    np.testing.assert_allclose(np.asarray(out[k]), prox(_P[k], s, coef[k]), rtol=1e-6, atol=1e-7)
+  expected = sum(value(_P[k], coef[k]) for k in _P)
+  np.testing.assert_allclose(float(proxopt.regularizer_value(reg, params)), expected, rtol=1e-6)
+  # proximal(...) after SGD: x+ = prox_{sR}(x - s g), per leaf.
+  grads = jax.tree.map(lambda x: 0.1 * jnp.ones_like(x), params)
+  tx = optax.chain(optax.sgd(s), proxopt.proximal(reg, s))
+  u, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  new = optax.apply_updates(params, u)
+  for k in _P:
+    np.testing.assert_allclose(np.asarray(new[k]), prox(_P[k] - s * 0.1, s, coef[k]),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_per_leaf_box_bounds():
+  lower = {"b": -0.1, "w": -np.inf}
+  upper = {"b": 0.1, "w": np.array([1.0, 2.0])}
+  reg, params = proxopt.box(lower, upper), _params()
+  out = proxopt.apply_prox(reg, params, 1.0)
+  b = np.asarray(out["b"], np.float64)  # bounds are rounded inward to float32
+  np.testing.assert_allclose(b, np.clip(_P["b"], -0.1, 0.1), rtol=1e-7)
+  assert np.all((b >= -0.1) & (b <= 0.1))
+  np.testing.assert_array_equal(np.asarray(out["w"]), np.minimum(_P["w"], [1.0, 2.0]).astype(np.float32))
+  assert float(proxopt.regularizer_value(reg, out)) == 0.0
+  assert float(proxopt.regularizer_value(reg, params)) == np.inf
+  tx = optax.chain(optax.sgd(1.0), proxopt.proximal(reg, 1.0))
+  u, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  new = optax.apply_updates(params, u)
+  nb = np.asarray(new["b"], np.float64)  # lands inside the box (docs of proximal)
+  assert np.all((nb >= -0.1) & (nb <= 0.1))
+  np.testing.assert_allclose(nb, np.clip(_P["b"], -0.1, 0.1), atol=1e-6)
+
+
+def test_per_leaf_decoupled_weight_decay():
+  wd, s, params = {"b": 0.0, "w": 0.5}, 0.1, _params()
+  tx = proxopt.decoupled_weight_decay(wd, s)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  u, _ = tx.update(zeros, tx.init(params), params)
+  for k in _P:
+    np.testing.assert_allclose(np.asarray(u[k]), -s * wd[k] * _P[k], rtol=1e-6)
+
+
+def test_per_leaf_coefficients_are_pytree_leaves_and_schedules_work():
+  sched = optax.linear_schedule(1.0, 0.0, 4)
+  reg = proxopt.l1({"b": 0.0, "w": sched})
+  assert len(jax.tree.leaves(reg)) == 2  # the coefficients are the leaves
+  doubled = jax.tree.map(lambda c: 2 * c, proxopt.l1({"b": 0.1, "w": 0.2}))
+  assert [float(c) for c in jax.tree.leaves(doubled)] == pytest.approx([0.2, 0.4])
+  # Traced through jit (as inject_hyperparams' values are).
+  out = jax.jit(lambda r, p: proxopt.apply_prox(r, p, 1.0))(proxopt.l1({"b": 0.0, "w": 1.0}), _params())
+  np.testing.assert_allclose(np.asarray(out["w"]), _soft(_P["w"], 1.0), atol=1e-7)
+  # A schedule leaf is read at each step: lam_w = 1, 0.75, ...
+  params = _params()
+  tx = optax.chain(optax.sgd(0.1), proxopt.proximal(reg, 0.1))
+  state = tx.init(params)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  x = dict(_P)
+  for t in range(3):
+    u, state = tx.update(zeros, state, params)
+    params = optax.apply_updates(params, u)
+    x = {"b": x["b"], "w": _soft(x["w"], 0.1 * (1.0 - t / 4))}
+    np.testing.assert_allclose(np.asarray(params["w"]), x["w"], atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(params["b"]), _P["b"].astype(np.float32))
+
+
+@pytest.mark.parametrize("use", [
+    lambda reg, p: proxopt.apply_prox(reg, p, 0.1),
+    lambda reg, p: proxopt.regularizer_value(reg, p),
+    lambda reg, p: proxopt.proximal(reg, 0.1).init(p),
+])
+def test_per_leaf_structure_mismatch_names_the_path(use):
+  params = _params()
+  with pytest.raises(ValueError, match=r"`lam` does not match params.*path \['b'\]"):
+    use(proxopt.l1({"w": 0.1}), params)
+  with pytest.raises(ValueError, match=r"`lam` does not match params.*path \['v'\]"):
+    use(proxopt.l1({"b": 0.1, "w": 0.1, "v": 0.1}), params)
+  with pytest.raises(ValueError, match=r"`weight_decay` does not match params.*path \['b'\]"):
+    proxopt.decoupled_weight_decay({"w": 0.1}, 0.1).init(params)
+
+
+def test_per_leaf_coefficient_leaves_validated_with_their_path():
+  with pytest.raises(ValueError, match=r"`lam\['w'\]` must be >= 0"):
+    proxopt.l1({"b": 0.1, "w": -1.0})
+  with pytest.raises(TypeError, match=r"`lam\['w'\]` must be a number"):
+    proxopt.l1({"b": 0.1, "w": "0.1"})
+
+
+def test_zero_coefficient_equals_masked_out_leaf():
+  """Documented relation: a 0 coefficient leaves a leaf exactly as a mask does."""
+  params = _params()
+  grads = jax.tree.map(lambda x: 0.3 * jnp.ones_like(x), params)
+  by_zero = optax.chain(optax.adam(0.1), proxopt.proximal(proxopt.l1({"b": 0.0, "w": 0.5}), 0.1))
+  by_mask = optax.chain(optax.adam(0.1), proxopt.proximal(proxopt.l1(0.5), 0.1,
+                                                          mask={"b": False, "w": True}))
+  u0, _ = by_zero.update(grads, by_zero.init(params), params)
+  u1, _ = by_mask.update(grads, by_mask.init(params), params)
+  for k in _P:
+    np.testing.assert_array_equal(np.asarray(u0[k]), np.asarray(u1[k]))

@@ -123,7 +123,7 @@ def test_sgd_state_structure_same_for_python_zero_and_injected_momentum(alias):
 
 
 def test_momentum_validated():
-  with pytest.raises(ValueError, match=r"`momentum` must be in \[0, 1\] or None, got 1.5"):
+  with pytest.raises(ValueError, match=r"`momentum` must be in \[0, 1\), got 1.5.*None for no momentum"):
     proxopt.sgdw(0.1, momentum=1.5)
-  with pytest.raises(TypeError, match=r"`momentum` must be a number"):
+  with pytest.raises(TypeError, match=r"`momentum` must be a real number"):
     proxopt.sgdprox(0.1, momentum="0.9")

@@ -786,3 +786,61 @@ def test_plateau_bad_base_and_usage():
 def test_schedule_bad_input(make, arg):
   with pytest.raises(ValueError, match=arg):
     make()
+
+
+# ---------------------------------------------------------------------------
+# Issue #23: classic under optax.inject_hyperparams, like every optimizer here.
+
+
+def _numpy_adam_wd(x, grads, lrs, wd, b1=0.9, b2=0.999, eps=1e-8):
+  """float64 NumPy Adam followed by decoupled decay -lr_t * wd * x."""
+  m, v = np.zeros_like(x), np.zeros_like(x)
+  for t, (g, lr) in enumerate(zip(grads, lrs), start=1):
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    d = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+    x = x - lr * d - lr * wd * x
+  return x
+
+
+def test_classic_under_inject_hyperparams_changes_lr_at_runtime():
+  # Before #23: TypeError: adam() got an unexpected keyword argument 'optax_kwargs'.
+  tx = optax.inject_hyperparams(proxopt.classic, static_args=("name",))(
+      name="adam", learning_rate=0.1, weight_decay=0.1)
+  x0 = np.array([1.0, -2.0, 0.5])
+  params = {"w": jnp.asarray(x0, jnp.float32)}
+  state = tx.init(params)
+  grads = [np.array([0.3, -1.0, 2.0]), np.array([-0.5, 0.2, 1.0]), np.array([1.0, 1.0, -1.0])]
+  lrs = [0.1, 0.1, 0.01]
+  update = jax.jit(tx.update)
+  for g, lr in zip(grads, lrs):
+    state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
+    u, state = update({"w": jnp.asarray(g, jnp.float32)}, state, params)
+    params = optax.apply_updates(params, u)
+  np.testing.assert_allclose(np.asarray(params["w"]), _numpy_adam_wd(x0, grads, lrs, 0.1),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_classic_optax_kwargs_is_a_dict():
+  tx = proxopt.classic("adam", 0.1, optax_kwargs={"eps": 0.0, "b1": 0.5})
+  params = {"w": jnp.array([1.0])}
+  g = {"w": jnp.array([4.0])}
+  u, _ = tx.update(g, tx.init(params), params)
+  ref = optax.adam(0.1, b1=0.5, eps=0.0)
+  np.testing.assert_array_equal(np.asarray(u["w"]), np.asarray(ref.update(g, ref.init(params))[0]["w"]))
+  np.testing.assert_allclose(np.asarray(u["w"]), [-0.1], rtol=1e-5)  # a sign step at eps=0
+  with pytest.raises(TypeError, match=r"`optax_kwargs` must be a dict"):
+    proxopt.classic("adam", 0.1, optax_kwargs=[("eps", 0.0)])
+  with pytest.raises(TypeError, match=r"takes only `momentum`"):
+    proxopt.classic("sgd", 0.1, optax_kwargs={"eps": 0.0})
+
+
+def test_flax_interop_lives_in_its_own_module():
+  # Issue #23 (code shape): one concept per private module. The schedules do
+  # not sniff whether Flax is loaded; proxopt._nnx does, for observe().
+  import inspect
+  from proxopt import _nnx, _schedules
+  src = inspect.getsource(_schedules)
+  assert "sys.modules" not in src and "from flax" not in src
+  assert _nnx.unwrap([1, 2.0]) == [1, 2.0]
+  assert not _nnx.holds_variables([jnp.ones(2), 3])

@@ -133,6 +133,21 @@ def test_public_function_docstring_is_optax_grade(name, fn):
   assert "References:" in doc, f"{name}: no References section"
 
 
+@pytest.mark.parametrize("name,fn", _public_functions(),
+                         ids=[n for n, _ in _public_functions()])
+def test_docstring_is_written_out_in_the_source(name, fn):
+  # Issue #23: the alias docstrings were pasted together at import by a
+  # template, so the source did not show what `help()` shows. Every public
+  # docstring is now the literal in the source.
+  import ast
+  import inspect
+  src = inspect.getsource(fn)
+  node = ast.parse(src.replace("\n" + " " * (len(src) - len(src.lstrip())), "\n")
+                   if src[:1].isspace() else src).body[0]
+  assert ast.get_docstring(node) == inspect.getdoc(fn), (
+      f"{name}: the docstring is changed after definition (template?)")
+
+
 # The guides' code must run as printed: each page's ```python blocks, joined in
 # order, in a fresh interpreter (pages owned by the experiments docs are
 # checked there).
