@@ -151,7 +151,10 @@ def load_arrays(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
     step = ck.latest_step()
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {ck.directory}")
-    abstract = _nest({k: jax.ShapeDtypeStruct(shape, np.dtype(dtype))
+    # Onto this process's first device: a checkpoint saved on 8 devices is read
+    # by a 1-device process too (Orbax refuses the saved topology otherwise).
+    here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = _nest({k: jax.ShapeDtypeStruct(shape, np.dtype(dtype), sharding=here)
                       for k, (dtype, shape) in ck.saved_paths(step).items()})
     restored = ck._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
