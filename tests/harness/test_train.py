@@ -161,7 +161,7 @@ def test_eight_devices_equal_one_device(cache_dir, tmp_path):
   # normalisation turns a last-bit difference of a near-zero gradient into a
   # full step of size lr, which made an element-wise comparison meaningless).
   extra = ["--max-steps", "2", "--epochs", "1", "--no-update-hist",
-           "--optimizer", "momentum", "--lr", "0.05"]
+           "--optimizer", "momentum", "--lr", "0.05", "--conv", "xla"]
   args = TINY + extra
   one = tmp_path / "one"
   loop.run(_cfg(one, *extra), log=lambda *_: None)
