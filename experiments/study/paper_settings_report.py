@@ -66,6 +66,8 @@ def run_summary(rec: dict) -> dict:
       "train_loss_last": float(np.mean(cur["train_loss"][-LAST_EPOCHS:])),
       "val_acc": rec["final"].get("val_acc"),
       "test_acc_last3": float(np.mean(tests[-LAST_TESTS:])) if tests else None,
+      "test_acc_last3_swing": (float(np.ptp(tests[-LAST_TESTS:])) if len(tests) >= LAST_TESTS
+                               else None),
       "leaves_chance_epoch": exit_epoch, "iqr_in_range": iqr,
       "iqr_loop": (h.get("update_iqr_octaves") if h.get("update_iqr_octaves") is not None
                    else (cur.get("update_iqr_octaves") or [None])[-1]),
@@ -168,6 +170,14 @@ def render(summary: dict, protocol: dict | None) -> str:
         + (f"| {ft['diff'] * 100:+.2f} ± {ft['se'] * 100:.2f} | {ft['a_only']} / {ft['b_only']} "
            if ft else "| - | - ")
         + f"| {_num(p['val_acc_gap'], 2, 100, True)} |")
+  swings = [r["test_acc_last3_swing"] for r in summary["runs"]
+            if r["test_acc_last3_swing"] is not None]
+  if summary["pairs"] and swings:
+    out += ["", "The per-example standard error covers the sampling of the test images only, for "
+            "the two final iterates. With a constant step size one iterate's test accuracy moves "
+            "between evaluations five epochs apart (up to "
+            f"{max(swings) * 100:.1f} points over the last three evaluations of these runs), so "
+            "the mean of the last three evaluations is the test statistic to compare."]
   out += ["", "### Per depth (mean ± sd over seeds)", "",
           "| model | train loss gap (final) | train loss gap (last 10 epochs) "
           "| test acc gap, last 3 evals (points) | val acc gap (points) |",
