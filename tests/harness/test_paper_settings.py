@@ -224,6 +224,7 @@ def test_committed_report_is_traceable():
   assert md.read_text() == rep.render(rep.summarize(records), records[0]["protocol"])
 
 
+@pytest.mark.slow  # trains a ResNet-20 for 3 short epochs
 def test_loop_evaluates_every_n_epochs_and_saves_matching_predictions(tmp_path):
   from experiments.training.loop import run
 
