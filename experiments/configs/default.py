@@ -29,10 +29,7 @@ L2_COUPLED = ("adam_l2", "sgd_l2")  # weight_decay is the L2 coefficient as is
 SCHEDULES = ("constant", "cosine", "cosine_epoch", "step", "plateau", "warmup_cosine")
 REGULARIZERS = ("none", "l1", "group_lasso")
 CONVENTIONS = ("optax", "paper")
-IMPLS = ("auto", "plain", "nofusion", "blockwise")
-CONVS = ("auto", "xla", "onednn")
-BATCH_NORMS = ("auto", "onednn", "flax")
-RELUS = ("auto", "onednn", "xla")
+STEPS = ("auto", "plain", "kernels")
 PRECISIONS = ("float32", "bfloat16")
 BUDGETS = ("quick", "paper")
 
@@ -113,19 +110,13 @@ class Config:
       "float32", choices=PRECISIONS, help="compute dtype: float32, or bfloat16 mixed precision as on TPU/GPU (bfloat16 "
       "convolutions and activations; float32 weights, gradients, optimizer state, BatchNorm "
       "statistics and loss)")
-  # The CPU speed layer (experiments.kernels, reached through
-  # experiments.training.loop.make_steps): read only on a CPU backend, or when
-  # set to a value only the kernels provide; the plain step ignores them.
-  impl: str = _field("auto", "CPU train-step implementation: " + " | ".join(IMPLS)
-                     + " (auto: the fastest measured here; plain off CPU)")
-  conv: str = _field("auto", "CPU convolution kernels: " + " | ".join(CONVS) + " (auto: oneDNN "
-                     "on one CPU device if already built by `python -m experiments.kernels "
-                     "build`, else XLA; onednn builds them on first use)")
-  batch_norm: str = _field("auto", choices=BATCH_NORMS, help="CPU train-mode BatchNorm: "
-                           + " | ".join(BATCH_NORMS) + " (auto: oneDNN's with oneDNN convolutions in float32)")
-  relu: str = _field("auto", choices=RELUS, help="CPU ReLUs and residual adds of the ResNet blocks: "
-                     + " | ".join(RELUS) + " (auto: fused into oneDNN's kernels with oneDNN "
-                     "convolutions)")
+  # The one seam to the CPU speed layer (experiments.kernels): the step's
+  # options are the kernels' own vocabulary, parsed and checked there.
+  step: str = _field(
+      "auto", "train step: plain (experiments.training.train_step: XLA's kernels, any backend) | "
+      "kernels[:OPTION=VALUE,...] (the CPU speed layer experiments.kernels, e.g. "
+      "kernels:conv=xla,impl=blockwise; python -m experiments.kernels options lists them) | auto "
+      "(kernels on a CPU backend when importable, else plain)")
   # bookkeeping
   recipe: str | None = _field(None, "a paper recipe (python -m experiments.configs lists "
                               "them); explicit flags override its values")
@@ -169,6 +160,45 @@ def _choice(name: str, value: Any, choices) -> None:
         f"unknown {name} {value!r}; valid choices: {', '.join(map(str, choices))}.")
 
 
+def step_choice(step: str) -> tuple[str, dict[str, str]]:
+  """``(kind, options)`` of a ``step`` value: ``"auto"``, ``"plain"`` or
+  ``"kernels"`` with its ``OPTION=VALUE`` pairs (checked by
+  :func:`experiments.kernels.check_step_options`, which owns their names).
+
+  Example:
+    >>> step_choice("kernels:conv=xla,impl=blockwise")
+    ('kernels', {'conv': 'xla', 'impl': 'blockwise'})
+  """
+  kind, sep, rest = step.partition(":")
+  if kind not in STEPS or (sep and kind != "kernels"):
+    raise ConfigError(f"unknown --step {step!r}; valid: auto, plain, kernels, or "
+                      "kernels:OPTION=VALUE,... (e.g. kernels:conv=xla).")
+  options: dict[str, str] = {}
+  for item in rest.split(",") if sep else ():
+    k, eq, v = (t.strip() for t in item.partition("="))
+    if not (eq and k and v) or k in options:
+      raise ConfigError(
+          f"--step {step!r}: give each option once as OPTION=VALUE, separated by commas "
+          f"(e.g. kernels:conv=xla,impl=blockwise); got {item!r}.")
+    options[k] = v
+  return kind, options
+
+
+def _check_step(step: str) -> None:
+  kind, options = step_choice(step)
+  if kind != "kernels":
+    return
+  try:  # the kernels own their options' names; "kernels" needs the package itself
+    from experiments.kernels import check_step_options
+  except ImportError as e:
+    raise ConfigError(f"--step {step} needs the CPU speed layer experiments.kernels, which "
+                      f"does not import here ({e}); use --step auto or plain.") from None
+  try:
+    check_step_options(options)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
 def validate(cfg: Config) -> None:
   """Raises :class:`ConfigError` naming the flag and the fix."""
   from experiments.input_pipeline import DATASET_CHOICES, TFDS_DATASETS
@@ -179,10 +209,7 @@ def validate(cfg: Config) -> None:
   _choice("schedule", cfg.schedule, SCHEDULES)
   _choice("convention", cfg.convention, CONVENTIONS)
   _choice("regularizer", cfg.regularizer, REGULARIZERS)
-  _choice("impl", cfg.impl, IMPLS)
-  _choice("conv", cfg.conv, CONVS)
-  _choice("batch_norm", cfg.batch_norm, BATCH_NORMS)
-  _choice("relu", cfg.relu, RELUS)
+  _check_step(cfg.step)
   _choice("precision", cfg.precision, PRECISIONS)
   ds = cfg.dataset
   if not (ds in TFDS_DATASETS or ds == "sample" or (ds.startswith("npz:") and len(ds) > 4)):

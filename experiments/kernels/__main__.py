@@ -1,5 +1,6 @@
-"""``python -m experiments.kernels build|status``: compile the oneDNN kernels
-ahead of time (then ``--conv auto`` uses them), or say whether they are built."""
+"""``python -m experiments.kernels build|status|options``: compile the oneDNN
+kernels ahead of time (then ``--step auto`` uses them), say whether they are
+built, or list the options of ``--step kernels:OPTION=VALUE,...``."""
 
 import argparse
 import sys
@@ -9,8 +10,14 @@ import experiments.kernels.onednn as onednn
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m experiments.kernels", description=__doc__)
-  p.add_argument("cmd", choices=("build", "status"))
+  p.add_argument("cmd", choices=("build", "status", "options"))
   args = p.parse_args(argv)
+  if args.cmd == "options":
+    from experiments.kernels import step_option_choices
+
+    for k, values in step_option_choices().items():
+      print(f"{k}: {' | '.join(values)}")
+    return 0
   if args.cmd == "build":
     try:
       path = onednn.build()

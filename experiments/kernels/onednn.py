@@ -21,10 +21,10 @@ oneDNN's batch normalization (``experiments_onednn_batch_norm_*``), used by
 :mod:`experiments.kernels.batch_norm`.
 
 Nothing is compiled behind the user's back: :func:`build` (``python -m
-experiments.kernels build``, or ``--conv onednn`` on first use, which prints
+experiments.kernels build``, or ``--step kernels:conv=onednn`` on first use, which prints
 one line saying so) compiles; :func:`available` only reports whether a build
 for this source/jaxlib/oneDNN is already in the cache and loads, and
-``--conv auto`` uses the kernels only then. :func:`conv_general_dilated` is a drop-in for
+``--step auto`` uses the kernels only then. :func:`conv_general_dilated` is a drop-in for
 ``lax.conv_general_dilated`` with a ``jax.custom_vjp`` whose backward pass
 calls the two gradient kernels; anything it does not handle (other or mixed
 dtypes, a ``preferred_element_type`` other than the inputs', layouts,
@@ -213,7 +213,7 @@ def _load_built() -> str:
     path = library_path()
     if not path.exists():
       return ("the oneDNN kernels are not built yet: run `python -m experiments.kernels "
-              "build` or pass conv='onednn' (--conv onednn) once")
+              "build` or pass conv='onednn' (--step kernels:conv=onednn) once")
     so = ctypes.cdll.LoadLibrary(str(path))
   except (OneDNNUnavailable, OSError) as e:
     return str(e)

@@ -59,7 +59,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from experiments.configs.default import BATCH_NORMS, CONVS, IMPLS, PRECISIONS, RELUS
+from experiments.configs.default import PRECISIONS
 import experiments.kernels.onednn as onednn_conv
 from experiments.kernels.batch_norm import with_onednn_batch_norm
 from experiments.kernels.fastconv import with_chunked_wgrad
@@ -68,6 +68,13 @@ from experiments.training import train_step as plain
 from experiments.training.train_step import (
     DATA_AXIS, TrainState, check_mesh, create_train_state, keep_stats_if_nonfinite,
     loss_and_metrics, split, state_to_model, model_view)
+
+# The four choices of the CPU layer (the harness passes them through its one
+# `step` field: --step kernels:impl=blockwise,conv=xla).
+IMPLS = ("auto", "plain", "nofusion", "blockwise")
+CONVS = ("auto", "xla", "onednn")
+BATCH_NORMS = ("auto", "onednn", "flax")
+RELUS = ("auto", "onednn", "xla")
 
 # The fastest implementation measured per (backend, conv, batch norm or "none"
 # without BN) (benchmarks/results/train_step.json, docs/results/step_vs_depth.json).
@@ -605,6 +612,6 @@ class _BlockwiseStep:
 
 
 __all__ = [
-    "AUTO_IMPL", "BATCH_NORMS", "CONVS", "IMPLS", "PRECISIONS", "TrainState",
+    "AUTO_IMPL", "BATCH_NORMS", "CONVS", "IMPLS", "PRECISIONS", "RELUS", "TrainState",
     "create_train_state", "make_eval_step", "make_train_step", "state_to_model",
 ]

@@ -52,7 +52,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 import proxopt
-from experiments.configs.default import Config, ConfigError
+from experiments.configs.default import Config, ConfigError, step_choice
 from experiments.files import write_bytes, write_json
 from experiments.input_pipeline import eval_batches, load_dataset, steps_per_epoch, train_batches
 from experiments.models import count_params, make_model
@@ -105,33 +105,29 @@ def _write_predictions(path: pathlib.Path, epoch: int, predictions: np.ndarray,
   write_bytes(path, buf.getvalue())
 
 
-# Values of the CPU fields that only the CPU speed layer provides: asking for one
-# reaches it on any backend.
-_KERNEL_CHOICES = {"impl": ("nofusion", "blockwise"), "conv": ("onednn",),
-                   "batch_norm": ("onednn",), "relu": ("onednn",)}
 _PLAIN = {"impl": "plain", "conv": "xla", "batch_norm": "flax", "relu": "xla"}
 
 
 def make_steps(cfg: Config, model, tx, mesh):
   """``(train_step, eval_step, info)``: the one place the CPU speed layer is reached.
 
-  On a CPU backend, or when ``impl``/``conv``/``batch_norm``/``relu`` asks for a
-  kernel, :func:`experiments.kernels.make_steps`; else (and without that
-  package) the plain step of :mod:`experiments.training.train_step`. ``info``:
-  what each choice resolved to and why (recorded in the run's files).
+  ``cfg.step``: ``"kernels[:OPTIONS]"``, or ``"auto"`` on a CPU backend with
+  the package importable, gives :func:`experiments.kernels.make_steps`; else
+  the plain step of :mod:`experiments.training.train_step`. ``info``: what
+  the step's kernels resolved to and why (recorded in the run's files).
   """
-  asked = [f"--{k.replace('_', '-')} {getattr(cfg, k)}" for k, v in _KERNEL_CHOICES.items()
-           if getattr(cfg, k) in v]
-  why = None if asked or jax.default_backend() == "cpu" else (
-      f"plain step: backend {jax.default_backend()!r}")
+  kind, options = step_choice(cfg.step)
+  why = {"plain": "plain step: --step plain", "kernels": None,
+         "auto": None if jax.default_backend() == "cpu" else
+         f"plain step: backend {jax.default_backend()!r}"}[kind]
   if why is None:
     try:
       from experiments import kernels
     except ImportError as e:
-      if asked:
+      if kind == "kernels":
         raise StepUnavailable(
-            f"{', '.join(asked)} needs the CPU speed layer experiments.kernels, which does "
-            f"not import here ({e}); leave those flags at auto.") from None
+            f"--step {cfg.step} needs the CPU speed layer experiments.kernels, which does "
+            f"not import here ({e}); use --step auto or plain.") from None
       why = f"plain step: experiments.kernels not importable ({e})"
   if why is not None:
     kw = dict(mesh=mesh, precision=cfg.precision)
@@ -143,10 +139,10 @@ def make_steps(cfg: Config, model, tx, mesh):
   try:
     train_step, eval_step = kernels.make_steps(
         model, tx, loss_multiplier=cfg.loss_multiplier, augment=cfg.augment, mesh=mesh,
-        precision=cfg.precision, impl=cfg.impl, conv=cfg.conv, batch_norm=cfg.batch_norm,
-        relu=cfg.relu)
-  except kernels.OneDNNUnavailable as e:  # --conv/--batch-norm onednn where it cannot be built
-    raise StepUnavailable(f"{e} Or pass --conv xla (and --batch-norm flax).") from None
+        precision=cfg.precision, options=options)
+  except kernels.OneDNNUnavailable as e:  # conv/batch_norm onednn where it cannot be built
+    raise StepUnavailable(
+        f"{e} Or pass --step kernels:conv=xla,batch_norm=flax, or --step plain.") from None
   info = {f"step_{k}": getattr(train_step, k) for k in _PLAIN}
   info.update({f"step_{k}_reason": getattr(train_step, f"{k}_reason")
                for k in ("conv", "batch_norm", "relu")})

@@ -16,8 +16,8 @@ from experiments.configs import Config, ConfigError
 _VALUES = {int: "3", float: "0.5", str: None}
 _STR_VALUES = {"dataset": "cifar100", "data_dir": "/tmp/tfds", "model": "resnet56",
                "optimizer": "adamprox", "convention": "paper", "schedule": "cosine",
-               "regularizer": "none", "impl": "blockwise", "conv": "xla", "batch_norm": "flax",
-               "relu": "xla", "precision": "bfloat16", "recipe": "resnet20-nobn-adamw",
+               "regularizer": "none", "step": "kernels:impl=blockwise,conv=xla",
+               "precision": "bfloat16", "recipe": "resnet20-nobn-adamw",
                "budget": "quick", "out": "/tmp/elsewhere"}
 
 

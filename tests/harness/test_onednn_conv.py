@@ -377,8 +377,8 @@ def test_train_cli_with_unbuildable_onednn_exits_2_naming_the_fix(monkeypatch, t
   onednn_conv._load_built.cache_clear()
   try:
     rc = train.main(["--dataset", "sample", "--train-subset", "128", "--epochs", "1",
-                     "--conv", "onednn", "--out", str(tmp_path / "run"), "--no-progress"])
+                     "--step", "kernels:conv=onednn", "--out", str(tmp_path / "run"), "--no-progress"])
   finally:
     onednn_conv._load_built.cache_clear()
   err = capsys.readouterr().err
-  assert rc == 2 and "cannot run the C++ compiler" in err and "--conv xla" in err
+  assert rc == 2 and "cannot run the C++ compiler" in err and "--step kernels:conv=xla" in err

@@ -231,7 +231,7 @@ def test_loop_evaluates_every_n_epochs_and_saves_matching_predictions(tmp_path):
   cfg = train.config_from_argv([
       "--dataset", "sample", "--model", "resnet20", "--no-bn", "--epochs", "3",
       "--train-subset", "256", "--batch-size", "128", "--eval-every", "2",
-      "--save-predictions", "--conv", "xla", "--out", str(tmp_path / "r"), "--no-progress",
+      "--save-predictions", "--step", "plain", "--out", str(tmp_path / "r"), "--no-progress",
       "--no-update-hist"])
   summary = run(cfg, log=lambda *_: None)
   rows = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]

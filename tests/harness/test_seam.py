@@ -59,10 +59,12 @@ def test_harness_trains_with_the_kernels_package_unimportable(tmp_path):
   assert resolved["host_memory"].startswith("default (experiments.kernels not importable")
   summary = json.loads((out / "summary.json").read_text())
   assert summary["status"] == "complete" and summary["test_acc"] is not None
-  # Asking for a kernel without the package names the flag.
-  proc = _without_kernels(*TINY, "--conv", "onednn", "--out", str(tmp_path / "asked"))
+  # Asking for the kernels without the package names the flag and the fix, before training.
+  proc = _without_kernels(*TINY, "--step", "kernels:conv=onednn", "--out", str(tmp_path / "asked"))
   assert proc.returncode == 2
-  assert "--conv onednn needs the CPU speed layer experiments.kernels" in proc.stderr
+  assert ("--step kernels:conv=onednn needs the CPU speed layer experiments.kernels"
+          in proc.stderr and "use --step auto or plain" in proc.stderr)
+  assert not (tmp_path / "asked").exists()
 
 
 def test_plain_step_on_a_non_cpu_backend_never_reaches_the_kernels(monkeypatch):
@@ -77,19 +79,34 @@ def test_plain_step_on_a_non_cpu_backend_never_reaches_the_kernels(monkeypatch):
   cfg = train.config_from_argv(["--model", "resnet20"])
   train_step, eval_step, info = loop.make_steps(cfg, model, optax.sgd(0.1), None)
   assert info["step_impl"] == "plain" and info["step_conv_reason"] == "plain step: backend 'gpu'"
-  # Asked for explicitly, a kernel choice still goes to the CPU layer (which names the fix).
-  cfg = train.config_from_argv(["--impl", "blockwise"])
+  # Asked for explicitly, the kernels step still goes to the CPU layer (which names the fix).
+  cfg = train.config_from_argv(["--step", "kernels:impl=blockwise"])
   with pytest.raises(AssertionError, match="reached"):
     loop.make_steps(cfg, model, optax.sgd(0.1), None)
+
+
+def test_step_plain_never_reaches_the_kernels_on_a_cpu_backend(monkeypatch):
+  import experiments.kernels.train_step as fast
+
+  def boom(*a, **k):
+    raise AssertionError("the CPU speed layer was reached with --step plain")
+
+  monkeypatch.setattr(fast, "make_train_step", boom)
+  model = ResNet(8, 10, use_bn=False, rngs=nnx.Rngs(0))
+  cfg = train.config_from_argv(["--step", "plain"])
+  _, _, info = loop.make_steps(cfg, model, optax.sgd(0.1), None)
+  assert (info["step_impl"], info["step_conv"]) == ("plain", "xla")
+  assert info["step_conv_reason"] == "plain step: --step plain"
 
 
 def test_cpu_backend_reaches_the_kernels_layer():
   if jax.default_backend() != "cpu":
     pytest.skip("CPU backend only")
   model = ResNet(8, 10, use_bn=False, rngs=nnx.Rngs(0))
-  cfg = train.config_from_argv(["--impl", "nofusion", "--conv", "xla"])
+  cfg = train.config_from_argv(["--step", "kernels:impl=nofusion,conv=xla"])
   train_step, _, info = loop.make_steps(cfg, model, optax.sgd(0.1), None)
   assert (info["step_impl"], info["step_conv"]) == ("nofusion", "xla")
+  assert info["step_conv_reason"] == "requested"
   assert train_step.conv_grad_chunk == 8  # the CPU layer's chunked weight gradient
 
 

@@ -245,11 +245,10 @@ def test_batch_norm_choice_resolution_and_errors(monkeypatch):
     with pytest.raises(onednn_conv.OneDNNUnavailable,
                        match=r"batch_norm='onednn'.*pip install X.*batch_norm='flax'"):
       make_train_step(bn_model, tx, conv="xla", batch_norm="onednn")
-  # The run config and the CLI flag.
-  assert Config().batch_norm == "auto"
-  assert config_from_argv(["--batch-norm", "flax"]).batch_norm == "flax"
-  with pytest.raises(ConfigError, match="batch_norm 'fast'.*auto, onednn, flax"):
-    validate(Config(batch_norm="fast"))
+  # The run config: an option of the one `step` field, checked by the kernels.
+  assert config_from_argv(["--step", "kernels:batch_norm=flax"]).step == "kernels:batch_norm=flax"
+  with pytest.raises(ConfigError, match="unknown batch_norm 'fast'; valid: auto, onednn, flax"):
+    validate(Config(step="kernels:batch_norm=fast"))
 
 
 @pytest.mark.parametrize("use_bn", [False, True], ids=["nobn", "bn"])
@@ -304,11 +303,10 @@ def test_relu_choice_resolution_and_errors():
       make_train_step(bn_model, tx, conv="onednn", batch_norm="flax", relu="onednn")
   st = make_train_step(plain_model, tx, impl="plain", conv="xla")
   assert (st.relu, st.relu_reason) == ("xla", "auto: the convolutions are XLA's")
-  # The run config and the CLI flag.
-  assert Config().relu == "auto"
-  assert config_from_argv(["--relu", "xla"]).relu == "xla"
-  with pytest.raises(ConfigError, match="relu 'fused'.*auto, onednn, xla"):
-    validate(Config(relu="fused"))
+  # The run config: an option of the one `step` field, checked by the kernels.
+  assert config_from_argv(["--step", "kernels:relu=xla"]).step == "kernels:relu=xla"
+  with pytest.raises(ConfigError, match="unknown relu 'fused'; valid: auto, onednn, xla"):
+    validate(Config(step="kernels:relu=fused"))
 
 
 def test_chunked_conv_matches_lax_conv_gradients():

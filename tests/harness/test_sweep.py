@@ -14,7 +14,7 @@ from experiments.training.checkpoint import load_arrays
 TRAIN_FLAGS = ["--dataset", "sample", "--model", "resnet20", "--no-bn", "--epochs", "1",
                "--batch-size", "32", "--train-subset", "64", "--test-subset", "32",
                "--eval-batch-size", "32", "--optimizer", "adamw", "--convention", "paper",
-               "--impl", "plain", "--no-progress"]
+               "--step", "plain", "--no-progress"]
 
 
 @pytest.fixture(scope="module")

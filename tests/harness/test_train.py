@@ -36,7 +36,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY = ["--dataset", "sample", "--model", "resnet20", "--batch-size", "32",
         "--train-subset", "128", "--test-subset", "64", "--eval-batch-size", "64",
         "--optimizer", "adamw", "--lr", "1e-3", "--weight-decay", "1e-4",
-        "--convention", "paper", "--impl", "plain", "--no-progress"]
+        "--convention", "paper", "--step", "plain", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def _subprocess(args, cache_dir, env_extra=None, timeout=600, kill_at_step=None)
 _KILL_SCRIPT = """
 import os, signal, sys
 from experiments import train
-from experiments.kernels import train_step as step_lib  # the step the loop runs on CPU
+from experiments.training import train_step as step_lib  # the step of --step plain (TINY)
 
 kill_at, argv = int(sys.argv[1]), sys.argv[2:]
 make = step_lib.make_train_step
@@ -161,7 +161,7 @@ def test_eight_devices_equal_one_device(cache_dir, tmp_path):
   # normalisation turns a last-bit difference of a near-zero gradient into a
   # full step of size lr, which made an element-wise comparison meaningless).
   extra = ["--max-steps", "2", "--epochs", "1", "--no-update-hist",
-           "--optimizer", "momentum", "--lr", "0.05", "--conv", "xla"]
+           "--optimizer", "momentum", "--lr", "0.05", "--step", "plain"]
   args = TINY + extra
   one = tmp_path / "one"
   loop.run(_cfg(one, *extra), log=lambda *_: None)
@@ -266,7 +266,8 @@ def test_out_with_other_config_is_refused(reference_run):
     ("--recipe", "nope", "resnet110-nobn-adamw"),
     ("--convention", "torch", "paper"),
     ("--dataset", "imagenet", "npz:DIR"),
-    ("--batch-norm", "xla", "onednn"),
+    ("--step", "fast", "kernels:OPTION=VALUE"),
+    ("--step", "kernels:conv=cudnn", "onednn"),
 ])
 def test_unknown_choice_lists_valid_ones(flag, value, listed, capsys):
   with pytest.raises(SystemExit) as e:
@@ -425,7 +426,8 @@ def test_precision_bfloat16_run_records_it(monkeypatch, tmp_path):
                       ResNet(8, num_classes, use_bn, rngs=nnx.Rngs(seed)))
   out = tmp_path / "bf16"
   cfg = _cfg(out, "--precision", "bfloat16", "--epochs", "1", "--train-subset", "32",
-             "--test-subset", "32", "--eval-batch-size", "32", "--no-update-hist")
+             "--test-subset", "32", "--eval-batch-size", "32", "--no-update-hist",
+             "--step", "auto")
   summary = loop.run(cfg, log=lambda *_: None)
   assert summary["status"] == "complete" and summary["precision"] == "bfloat16"
   assert np.isfinite(summary["train_loss"]) and np.isfinite(summary["test_loss"])
