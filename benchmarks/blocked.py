@@ -19,8 +19,8 @@ then the 28 B/param of a single pass. The read-back uses an offset that XLA
 cannot prove equal to the write offset (a runtime zero is added); otherwise
 XLA re-computes ``m'`` from the old ``m`` inside the ``x`` loop, which
 conflicts with the in-place update and makes it copy the whole ``m`` and
-``v`` every iteration (measured 8-80x slower than no blocking at 4M floats,
-depending on the chunk size).
+``v`` every iteration (measured much slower than no blocking at 4M floats,
+at every chunk size tried).
 
 It is hand-written (no Optax primitive) because no library provides a
 cache-blocked optimizer step for XLA:CPU; it only exists to measure how much

@@ -4,9 +4,9 @@ memory-bandwidth probes, atomic and resumable JSON results.
 Timing rules (the project's): candidates run interleaved, one call of each
 per round, in a fresh seeded random order every round (a fixed or merely
 rotated order keeps neighbours fixed: with a rotated order, two candidates
-compiling to the identical XLA program differed by up to 1.6x, the slower one
-always running right after torch, whose OpenMP threads keep spinning for a
-while after a call), the statistic is the
+compiling to the identical XLA program differed far beyond the noise, the
+slower one always running right after torch, whose OpenMP threads keep
+spinning for a while after a call), the statistic is the
 median of many repetitions, and a run records the machine's load average,
 since the CPU may be shared.
 """

@@ -9,8 +9,8 @@ For ``y = conv(x, w)`` the weight gradient is a sum over the batch,
 so it can be computed ``c`` images at a time and summed. XLA:CPU lowers the
 weight-gradient convolution to one Eigen contraction over the whole batch,
 which for CIFAR shapes was measured several times slower than the forward
-convolution of the same size, and much faster on chunks of 8 images (timings
-in docs/guides/cpu_training.md). With oneDNN available, the step uses
+convolution of the same size, and much faster on chunks of 8 images (see
+docs/guides/cpu_training.md). With oneDNN available, the step uses
 :mod:`experiments.kernels.onednn` instead, which is faster still. The forward pass and the input gradient
 are XLA's own. The chunks are unrolled (B/c weight-gradient convolutions per
 layer in the HLO).

@@ -5,9 +5,9 @@ activation of a train step: 203 MB for ResNet-20 at batch 128) with one
 ``malloc`` from one of its worker threads, and frees it when the step ends.
 glibc cannot serve an allocation that large from a worker thread's arena (64
 MB heaps), so it ``mmap``\ s fresh pages and ``munmap``\ s them on free: every
-step the kernel faults in and zeroes the whole buffer again (page faults and
-step times with and without it: docs/guides/cpu_training.md; the benchmark rows
-record ``host_memory``).
+step the kernel faults in and zeroes the whole buffer again (page faults:
+docs/guides/cpu_training.md; step times with and without it: ``python -m
+benchmarks.train_step``, whose rows record ``host_memory``).
 
 :func:`keep_freed_memory` sets three of glibc's ``mallopt`` parameters:
 
@@ -29,7 +29,7 @@ threads that already allocated keep their own arenas, and XLA's worker
 threads are created with the CPU backend. The entry points of the
 experiments call :func:`keep_freed_memory_on_cpu` first thing, which does it only
 when JAX will run on its CPU backend (``JAX_PLATFORMS=cpu``, or no GPU/TPU plugin
-installed); the train-step benchmarks call :func:`keep_freed_memory`. Set
+installed); the train-step benchmark calls :func:`keep_freed_memory`. Set
 ``EXPERIMENTS_HOST_MEMORY=keep`` to ask for it anywhere, ``default`` to leave
 glibc's defaults. Linux with glibc only; elsewhere it changes nothing and says why.
 

@@ -2,7 +2,7 @@ r"""2-D convolutions on oneDNN for XLA:CPU: forward, input and weight gradient.
 
 XLA:CPU runs convolutions on Eigen's contraction kernels, which for CIFAR
 ResNet shapes were measured slower than oneDNN's, the library PyTorch uses on
-CPU, in the forward pass and both gradients (the per-shape timings are in
+CPU, in the forward pass and both gradients (what was measured:
 docs/guides/cpu_training.md).
 
 No maintained package exposes oneDNN convolutions to JAX (jaxlib's own

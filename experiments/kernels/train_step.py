@@ -4,8 +4,8 @@ r"""The CPU speed layer of the train step: the same numbers as
 One call, :func:`make_train_step` (and :func:`make_eval_step`), returns the
 plain step run on a model whose layers call oneDNN, or split into segments.
 Four choices, each ``"auto"`` by default (the fastest measured on this backend;
-measurements in ``benchmarks/results/train_step.json`` and
-``docs/guides/cpu_training.md``):
+measurements in ``benchmarks/results/train_step.json``, by ``python -m
+benchmarks.train_step``):
 
 * ``impl``: ``"plain"`` (one ``jax.jit`` of the step); ``"nofusion"`` (the same
   jit without XLA's ``fusion`` pass: on XLA:CPU fusion re-computes the forward
@@ -77,7 +77,7 @@ BATCH_NORMS = ("auto", "onednn", "flax")
 RELUS = ("auto", "onednn", "xla")
 
 # The fastest implementation measured per (backend, conv, batch norm or "none"
-# without BN) (benchmarks/results/train_step.json, docs/results/step_vs_depth.json).
+# without BN) (benchmarks/results/train_step.json: python -m benchmarks.train_step).
 # With oneDNN convolutions and Flax's BatchNorm XLA's fusion pays (fused
 # normalisation) but the whole-step jit grows faster than depth, so per-segment
 # jits; with oneDNN's BatchNorm nothing is left for XLA to fuse.

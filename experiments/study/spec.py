@@ -22,8 +22,8 @@ Commands::
   python -m experiments.study run --scale cpu --epochs 30 ...     # extend the same runs
 
 ``run`` launches ``--workers`` training processes at a time (``--pin`` binds
-worker k to CPU core k: on a 2-core machine two single-core runs do 1.3x the
-work of one run on both cores), in priority order (seed 0 of every part
+worker k to CPU core k: on a 2-core machine two single-core runs did more
+work than one run on both cores), in priority order (seed 0 of every part
 first), skipping finished runs and resuming interrupted ones. ``collect``
 writes ``docs/results/reproduction.json`` (every run's config, curves and
 final metrics, and the mean +- sd tables) and the figures under

@@ -1,6 +1,7 @@
 """Tests of benchmarks/: what the benchmarks rely on (memory footprint of the
 optimizer state, the PyTorch peer being the same network, the blocked step's
-numerics) and smoke runs of both CLIs that check the JSON, never speed."""
+numerics), the train-step benchmark's arguments, results file and report,
+and smoke runs of both CLIs that check the JSON, never speed."""
 
 from __future__ import annotations
 
@@ -268,69 +269,286 @@ def test_optimizer_step_bad_args():
       optimizer_step.parse_args(argv)
 
 
-@pytest.mark.torch
-@pytest.mark.slow
-def test_train_step_quick_json(torch, tmp_path):
+# ------------------------------------------------------ the train-step benchmark
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RESULTS = os.path.join(ROOT, "benchmarks", "results", "train_step.json")
+SETTINGS_KEYS = {"batch", "reps", "precision", "optimizer", "steps", "torch_threads",
+                 "torch_formats", "augment", "order", "warmup_rounds", "process",
+                 "keep_freed_memory"}
+JAX_KEYS = {"median_s", "first_call_s", "compile_s", "module", "impl", "conv",
+            "conv_grad_chunk", "batch_norm", "relu", "precision"}
+TORCH_KEYS = {"median_s", "module", "memory_format", "threads", "precision"}
+
+
+def _check_row(row):
+  """The row format every row of the results file has (module docstring)."""
+  assert {"model", "depth", "bn", "settings", "timings", "same_as", "host_memory",
+          "loadavg", "command", "machine"} <= set(row), sorted(row)
+  assert row["model"] == f"resnet{row['depth']}" and (row["depth"] - 2) % 6 == 0
+  s = row["settings"]
+  assert set(s) == SETTINGS_KEYS, sorted(s)
+  assert s["precision"] in ("float32", "bfloat16") and s["reps"] >= 1
+  assert row["command"].startswith("python -m ")
+  assert row["loadavg"] and all(len(v) in (1, 3) for v in row["loadavg"].values())
+  jax_names = [n for n in row["timings"] if not n.startswith("torch_")]
+  # Every requested step is timed or names the step with its kernels.
+  assert set(jax_names) | set(row["same_as"]) == set(s["steps"])
+  assert set(row["same_as"].values()) <= set(jax_names)
+  for name, t in row["timings"].items():
+    assert t["median_s"] > 0 and t["precision"] == s["precision"]
+    if "q25_s" in t:
+      assert t["q25_s"] <= t["median_s"] <= t["q75_s"]
+    if "times_s" in t:
+      assert len(t["times_s"]) == s["reps"]
+    if name.startswith("torch_"):
+      assert TORCH_KEYS <= set(t), (name, sorted(t))
+      assert name == f"torch_{t['memory_format']}_{t['threads']}t"
+      assert t["threads"] in s["torch_threads"] and t["memory_format"] in s["torch_formats"]
+    else:
+      assert JAX_KEYS <= set(t), (name, sorted(t))
+      assert 0 <= t["compile_s"] <= t["first_call_s"]
+  torch_names = {n for n in row["timings"] if n.startswith("torch_")}
+  assert torch_names == {f"torch_{f}_{n}t" for f in s["torch_formats"]
+                         for n in s["torch_threads"]}
+
+
+def test_train_step_results_file_has_the_row_format():
+  """Every row of the recorded results (the converted older runs included)
+  has the documented format, and the report renders all of them."""
+  from benchmarks import report, train_step
+  with open(RESULTS) as f:
+    data = json.load(f)
+  assert set(data) == {"description", "rows"}
+  for row in data["rows"]:
+    _check_row(row)
+  keys = [train_step.row_key(r) for r in data["rows"]]
+  assert len(set(keys)) == len(keys), "two rows of one model and settings"
+  table = report.train_table(data)
+  assert table.count("| model | step |") == len({report._run_of(r) for r in data["rows"]})
+  # A line per candidate, timed or not, under one header line per run.
+  lines = [l for l in table.splitlines() if l.startswith("| ")]
+  assert len(lines) == table.count("| model | step |") + sum(
+      len(r["timings"]) + len(r["same_as"]) for r in data["rows"])
+
+
+def test_train_step_parse_step():
   from benchmarks import train_step
-  path = tmp_path / "train.json"
-  out = train_step.main(["--quick", "--json", str(path), "--bn", "off",
-                         "--reps", "1", "--threads", "2", "--also-threads", "1"])
-  data = json.loads(path.read_text())
-  assert data["results"] == json.loads(json.dumps(out["results"]))
-  (r,) = data["results"]
-  assert (r["model"], r["bn"], r["batch"]) == ("resnet8", False, 8)
-  for k in ("jax_step_s", "torch_step_s", "compile_s"):
-    assert r[k] >= 0 and np.isfinite(r[k])
-  assert r["jax_step_s"] > 0 and r["torch_step_s"] > 0
-  assert r["jax_over_torch"] == pytest.approx(r["jax_step_s"] / r["torch_step_s"])
-  assert r["jax_images_per_s"] == pytest.approx(8 / r["jax_step_s"])
-  assert r["first_call_s"] >= r["compile_s"]
-  assert set(r["torch_step_s_by_threads"]) == {"1", "2"}
-  assert set(r["torch_cl_step_s_by_threads"]) == {"1", "2"}
-  assert r["torch_step_s_by_threads"]["2"] == r["torch_step_s"]
-  assert r["torch_cl_step_s_by_threads"]["2"] == r["torch_cl_step_s"]
-  # The best PyTorch is the fastest of both memory formats and thread counts.
-  every = {**{f"nchw_{k}": v for k, v in r["torch_step_s_by_threads"].items()},
-           **{f"cl_{k}": v for k, v in r["torch_cl_step_s_by_threads"].items()}}
-  assert r["torch_best_step_s"] == min(every.values())
-  assert every[r["torch_best_config"]] == r["torch_best_step_s"]
-  assert r["jax_over_torch_best"] == pytest.approx(r["jax_step_s"] / r["torch_best_step_s"])
-  assert r["conv"] == "auto" and r["conv_resolved"] in ("onednn", "xla")
-  # Timed in a fresh process that keeps freed memory (on Linux).
-  if sys.platform.startswith("linux"):
-    assert r["host_memory"] == "kept"
-  for argv in (["--depths", "21"], ["--bn", "maybe"], ["--impls", "fast"],
-               ["--also-threads", "x"], ["--threads", "0"], ["--convs", "cudnn"]):
+  assert doctest.testmod(train_step).failed == 0
+  assert train_step.parse_step("plain") is None
+  assert train_step.parse_step("kernels") == {}
+  assert train_step.parse_step("kernels:relu=xla,batch_norm=flax") == {
+      "relu": "xla", "batch_norm": "flax"}
+  assert train_step.parse_step("kernels:chunk=0") == {"conv_grad_chunk": 0}
+  for bad, match in (("auto", "use plain, kernels"), ("kernels:", "use plain, kernels"),
+                     ("plain:conv=xla", "use plain, kernels"), ("kernels:fast", "OPTION=VALUE"),
+                     ("kernels:impl=fast", "unknown impl"),
+                     ("kernels:conv=cudnn", "valid: auto, xla, onednn"),
+                     ("kernels:chunk=-2", "int >= 0"), ("kernels:chunk=x", "int >= 0"),
+                     ("kernels:impl=plain,impl=nofusion", "twice"),
+                     ("kernels:conv=onednn,chunk=8", "whole"),
+                     ("kernels:precision=bfloat16", "OPTION one of impl")):
+    with pytest.raises(ValueError, match=match):
+      train_step.parse_step(bad)
+
+
+def test_train_step_args():
+  from benchmarks import train_step
+  a = train_step.parse_args([])
+  assert (a.depths, a.bn_depths, a.steps, a.batch, a.reps) == (
+      [20, 56, 110], [20, 56, 110], ["kernels", "plain"], 128, 5)
+  assert a.torch_threads == [1, os.cpu_count()] and a.torch_formats == ["nchw", "cl"]
+  a = train_step.parse_args(["--quick", "--bn-depths", "", "--torch-threads", ""])
+  assert (a.depths, a.bn_depths, a.batch, a.reps, a.torch_threads) == ([8], [], 8, 2, [])
+  a = train_step.parse_args(["--depths", "", "--bn-depths", "20", "--precision", "bfloat16",
+                             "--step", "kernels", "--step", "kernels:batch_norm=flax,relu=xla",
+                             "--reps", "3"])
+  assert (a.depths, a.bn_depths, a.precision, a.reps) == ([], [20], "bfloat16", 3)
+  assert a.steps == ["kernels", "kernels:batch_norm=flax,relu=xla"]
+  for argv in (["--depths", "21"], ["--bn-depths", "x"], ["--depths", "", "--bn-depths", ""],
+               ["--step", "fast"], ["--step", "plain", "--step", "plain"],
+               ["--step", "kernels:impl=nofusion,chunk=8", "--precision", "bfloat16"],
+               ["--torch-threads", "0"], ["--torch-threads", "a"],
+               ["--torch-formats", "nhwc"], ["--precision", "float16"],
+               ["--batch", "0"], ["--reps", "0"], ["--resume"], ["--optimizer", "sgd"],
+               ["--plot-only", "--json", "x.json"], ["--plot-only", "--figure", "x.png"]):
     with pytest.raises(SystemExit):
       train_step.parse_args(argv)
 
 
+def test_train_step_resume_key_is_the_settings(monkeypatch):
+  from benchmarks import train_step
+  s = train_step.settings_of(train_step.parse_args(["--reps", "7"]))
+  assert set(s) == SETTINGS_KEYS and s["keep_freed_memory"] is True
+  row = {"depth": 20, "bn": False, "settings": s}
+  key = train_step.row_key
+  assert key(row) == key({**row, "settings": dict(reversed(list(s.items())))})
+  for change in ({"reps": 5}, {"steps": ["plain", "kernels"]}, {"precision": "bfloat16"},
+                 {"torch_threads": [2]}, {"augment": True}, {"order": "fixed"}):
+    assert key(row) != key({**row, "settings": {**s, **change}}), change
+  assert key(row) != key({**row, "bn": True}) != key({**row, "depth": 56})
+  monkeypatch.setenv("EXPERIMENTS_HOST_MEMORY", "default")
+  s2 = train_step.settings_of(train_step.parse_args(["--reps", "7"]))
+  assert s2["keep_freed_memory"] is False and key(row) != key({**row, "settings": s2})
+
+
+def _fake_row(depth, bn, settings, scale):
+  """What a measuring process returns, with made-up times (no timing here)."""
+  timings = {}
+  for i, spec in enumerate(settings["steps"]):
+    t = scale * depth * (i + 1) / 100
+    timings[spec] = {"median_s": t, "q25_s": 0.9 * t, "q75_s": 1.1 * t, "first_call_s": t + 2,
+                     "compile_s": 2.0, "module": "experiments.kernels.train_step",
+                     "impl": "nofusion", "conv": "onednn", "conv_grad_chunk": 0,
+                     "batch_norm": "onednn" if bn else "flax", "relu": "onednn",
+                     "precision": settings["precision"]}
+  for f in settings["torch_formats"]:
+    for n in settings["torch_threads"]:
+      timings[f"torch_{f}_{n}t"] = {"median_s": depth / 100 * n, "module": "benchmarks.torch_peer",
+                                    "memory_format": f, "threads": n,
+                                    "precision": settings["precision"]}
+  return {"model": f"resnet{depth}", "depth": depth, "bn": bn, "settings": settings,
+          "timings": timings, "same_as": {}, "host_memory": "kept",
+          "loadavg": {"start": [1.0, 1.0, 1.0], "end": [1.5, 1.0, 1.0]},
+          "utc": f"2026-12-0{int(scale)}T10:00:00Z", "machine": {"cpu": "test", "cpu_count": 2}}
+
+
+def test_train_step_writes_resumes_and_replaces_rows(tmp_path, monkeypatch, capsys):
+  """Rows are written after every model, --resume skips what the file holds
+  with the same settings, a rerun replaces it, other settings are kept, and
+  --plot-only draws from the file. The measuring process is faked."""
+  from benchmarks import train_step
+  path = tmp_path / "r.json"
+  calls = []
+
+  def measure(depth, bn, settings, scale=1.0):
+    if calls:  # the previous model is already on disk
+      assert len(json.loads(path.read_text())["rows"]) >= 1
+    calls.append((depth, bn, settings["reps"]))
+    return _fake_row(depth, bn, settings, scale)
+
+  monkeypatch.setattr(train_step, "_measure_in_fresh_process", measure)
+  argv = ["--depths", "20,56", "--bn-depths", "20", "--torch-threads", "1,2",
+          "--json", str(path)]
+  out = train_step.main(argv)
+  data = json.loads(path.read_text())
+  assert out == data and calls == [(20, False, 5), (56, False, 5), (20, True, 5)]
+  assert [(r["depth"], r["bn"]) for r in data["rows"]] == [(20, False), (56, False), (20, True)]
+  for row in data["rows"]:
+    _check_row(row)
+    assert row["command"] == ("python -m benchmarks.train_step --depths 20,56 --bn-depths 20 "
+                              f"--torch-threads 1,2 --json {path}")
+  table = capsys.readouterr().out
+  # ResNet-56 no BN: kernels 0.56 s / fastest PyTorch (nchw and cl, 1 thread) 0.56 s.
+  assert "| ResNet-56 no BN | `kernels` |" in table and "| 0.560 | 0.504-0.616 | 1.00 |" in table
+  assert "| `plain` |" in table and "| 2.00 |" in table  # plain: 1.12 s, twice PyTorch
+
+  calls.clear()
+  train_step.main(argv + ["--resume"])
+  assert calls == [] and json.loads(path.read_text()) == data
+  # Another --reps is other settings: measured and added, the old rows kept.
+  train_step.main(argv + ["--reps", "3", "--bn-depths", ""])
+  assert calls == [(20, False, 3), (56, False, 3)]
+  assert len(json.loads(path.read_text())["rows"]) == 5
+  # Without --resume the same settings are measured again and replace their row.
+  monkeypatch.setattr(train_step, "_measure_in_fresh_process",
+                      lambda d, bn, s: measure(d, bn, s, scale=2.0))
+  calls.clear()
+  train_step.main(["--depths", "20", "--bn-depths", "", "--torch-threads", "1,2",
+                   "--json", str(path)])
+  rows = json.loads(path.read_text())["rows"]
+  assert calls == [(20, False, 5)] and len(rows) == 5
+  (new,) = [r for r in rows if r["depth"] == 20 and not r["bn"] and r["settings"]["reps"] == 5]
+  assert new["timings"]["kernels"]["median_s"] == pytest.approx(0.4)
+  assert new["command"].endswith("--bn-depths '' --torch-threads 1,2 --json " + str(path))
+
+  fig = tmp_path / "f.png"
+  calls.clear()
+  train_step.main(argv + ["--plot-only", "--figure", str(fig)])
+  assert calls == [] and fig.stat().st_size > 10_000
+  with pytest.raises(SystemExit, match="no row"):
+    train_step.main(argv + ["--plot-only", "--figure", str(fig), "--reps", "9"])
+  other = tmp_path / "other.json"
+  other.write_text(json.dumps({"machine": {}, "results": []}))
+  with pytest.raises(SystemExit, match="not a results file"):
+    train_step.main(["--json", str(other)])
+
+
+def test_train_step_report_groups_runs_and_names_same_kernels():
+  from benchmarks import report, train_step
+  s = train_step.settings_of(train_step.parse_args([
+      "--step", "kernels", "--step", "kernels:batch_norm=flax", "--torch-threads", "2"]))
+  old = _fake_row(20, False, s, 1.0)
+  old["command"] = "python -m benchmarks.train_step --depths 20"
+  resumed = _fake_row(56, False, s, 1.0)
+  resumed["command"] = "python -m benchmarks.train_step --depths 20 --resume"
+  new = _fake_row(20, True, {**s, "reps": 7}, 3.0)
+  new["command"] = "python -m benchmarks.train_step --reps 7"
+  del old["timings"]["kernels:batch_norm=flax"]
+  old["same_as"] = {"kernels:batch_norm=flax": "kernels"}
+  table = report.train_table({"rows": [old, resumed, new]})
+  # Two runs (--resume continues one), the newest first.
+  assert table.count("| model | step |") == 2
+  assert table.index("`python -m benchmarks.train_step --reps 7`") < table.index(
+      "`python -m benchmarks.train_step --depths 20`")
+  assert "| | `kernels:batch_norm=flax` | the kernels of `kernels` (timed once) |" in table
+  assert "nofusion / onednn / BN onednn / fused ReLU" in table  # with BN
+  assert "| `torch_cl_2t` | PyTorch channels-last, 2 threads | 0.400 | - | 1.00 | - |" in table
+  assert report.fastest_torch(old) == "torch_nchw_2t"
+  assert report.fastest_torch({"timings": {"kernels": {"median_s": 1.0}}}) is None
+
+
 @pytest.mark.torch
-def test_train_step_bf16_mode_builds_and_steps(torch):
-  """--precision bfloat16: both sides build (ResNet-8 with BN, batch 8) and
-  take one finite step; nothing is timed. The torch side keeps float32
-  master weights. The JAX side's conv='auto' resolves as in float32 (oneDNN
-  has bfloat16 kernels)."""
+def test_train_step_candidates_build_and_step(torch):
+  """The candidates of a bfloat16 run with BN build (ResNet-8, batch 8;
+  nothing is timed): a kernels step and PyTorch take one finite step and
+  PyTorch's master weights stay float32; the plain step is the experiments'
+  own module; a step resolving to the same kernels is built once.
+  (The slow smoke run below steps the plain one too.)"""
   from benchmarks import train_step
   from experiments.kernels import onednn
-  steps = train_step.build_steps(8, True, 8, "plain", "adamw", conv="auto",
-                                 precision="bfloat16")
-  f = steps["jax_step"]
+  s = train_step.settings_of(train_step.parse_args([
+      "--quick", "--precision", "bfloat16", "--step", "kernels:impl=plain", "--step", "plain",
+      "--step", "kernels:relu=auto,impl=plain", "--torch-threads", "1"]))
+  built = train_step.build_candidates(8, True, s)
+  assert list(built["run"]) == ["kernels:impl=plain", "plain", "torch_nchw_1t", "torch_cl_1t"]
+  assert built["same_as"] == {"kernels:relu=auto,impl=plain": "kernels:impl=plain"}
+  info = built["info"]
   conv = "onednn" if jax.default_backend() == "cpu" and onednn.available() else "xla"
-  assert (f.precision, f.conv) == ("bfloat16", conv)
-  loss = steps["jax"]()
-  assert loss.dtype == jnp.float32 and np.isfinite(float(loss))
-  for fmt in ("nchw", "cl"):
-    assert np.isfinite(steps["torch"][fmt]())
-  for tmodel in steps["torch_models"].values():
+  assert (info["kernels:impl=plain"]["precision"], info["kernels:impl=plain"]["conv"]) == (
+      "bfloat16", conv)
+  assert info["plain"] == {"module": "experiments.training.train_step", "impl": "plain",
+                           "conv": "xla", "conv_grad_chunk": 0, "batch_norm": "flax",
+                           "relu": "xla", "precision": "bfloat16"}
+  for name in ("kernels:impl=plain", "torch_nchw_1t", "torch_cl_1t"):
+    assert np.isfinite(float(built["run"][name]())), name
+  for tmodel in built["torch_models"].values():
     assert {p.dtype for p in tmodel.parameters()} == {torch.float32}
-  args = train_step.parse_args(["--precision", "bfloat16", "--quick"])
-  assert args.precision == "bfloat16"
-  args = train_step.parse_args(["--precision", "bfloat16", "--convs", "onednn,xla"])
-  assert args.convs == ["onednn", "xla"]
-  with pytest.raises(SystemExit):
-    train_step.parse_args(["--precision", "float16"])
 
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_train_step_quick_json(torch, tmp_path):
+  """The smoke run end to end: a fresh measuring process, the row format,
+  resume, the figure."""
+  from benchmarks import train_step
+  path, fig = tmp_path / "train.json", tmp_path / "train.png"
+  argv = ["--quick", "--bn-depths", "", "--reps", "2", "--torch-threads", "1,2",
+          "--step", "kernels", "--step", "plain", "--step", "kernels:batch_norm=flax",
+          "--json", str(path)]
+  out = train_step.main(argv + ["--figure", str(fig)])
+  data = json.loads(path.read_text())
+  assert out == data and fig.stat().st_size > 10_000
+  (row,) = data["rows"]
+  _check_row(row)
+  assert (row["model"], row["bn"], row["settings"]["batch"]) == ("resnet8", False, 8)
+  # Without BN, batch_norm=flax changes nothing: timed once.
+  assert row["same_as"] == {"kernels:batch_norm=flax": "kernels"}
+  assert set(row["timings"]) == {"kernels", "plain", "torch_nchw_1t", "torch_nchw_2t",
+                                 "torch_cl_1t", "torch_cl_2t"}
+  assert row["timings"]["plain"]["impl"] == "plain"
+  if sys.platform.startswith("linux"):  # measured in a process that keeps freed memory
+    assert row["host_memory"] == "kept"
+  assert train_step.main(argv + ["--resume"]) == data
 
 @pytest.mark.torch
 def test_torch_peer_bf16_autocast_step(torch, torch_peer):
@@ -392,33 +610,3 @@ def test_torch_free_tests_run_without_torch(tmp_path):
   # ... and the torch tests were skipped because torch is missing.
   assert set(skipped) == needs_torch
   assert all("torch" in why for why in skipped.values()), skipped
-
-
-def test_train_step_batch_norms_option():
-  """--batch-norms is looped like --convs and keys the resumable rows (rows
-  written before it existed count as 'auto'); nothing is built or timed."""
-  from benchmarks import train_step
-  assert train_step.parse_args([]).batch_norms == ["auto"]
-  args = train_step.parse_args(["--bn", "on", "--batch-norms", "flax,onednn"])
-  assert args.batch_norms == ["flax", "onednn"]
-  with pytest.raises(SystemExit):
-    train_step.parse_args(["--batch-norms", "xla"])
-  old = {"model": "resnet20", "bn": True, "batch": 128, "impl": "auto",
-         "optimizer": "adamw"}
-  assert train_step._key(old)[-2] == "auto"
-  assert train_step._key({**old, "batch_norm": "flax"})[-2] == "flax"
-
-
-def test_train_step_relus_option():
-  """--relus is looped like --batch-norms (models with BN once) and keys the
-  resumable rows (rows written before it existed count as 'auto')."""
-  from benchmarks import train_step
-  assert train_step.parse_args([]).relus == ["auto"]
-  assert train_step.parse_args(["--relus", "onednn,xla"]).relus == ["onednn", "xla"]
-  with pytest.raises(SystemExit):
-    train_step.parse_args(["--relus", "fused"])
-  old = {"model": "resnet20", "bn": False, "batch": 128, "impl": "auto",
-         "optimizer": "adamw"}
-  assert train_step._key(old)[-1] == "auto"
-  assert train_step._key({**old, "relu": "xla"})[-1] == "xla"
-  assert train_step._key({**old, "relu": "xla"}) != train_step._key(old)

@@ -575,35 +575,6 @@ def test_eight_device_mesh_equals_one_device_all_impls():
     assert err < 1e-4, (name, err)
 
 
-def test_profile_cli_rejects_bad_input_and_draws(tmp_path):
-  from benchmarks import step_vs_depth as step_profile
-  assert step_profile.parse_impl("nofusion:8") == ("nofusion", 8, "xla")
-  assert step_profile.parse_impl("plain+onednn") == ("plain", 0, "onednn")
-  assert step_profile.candidate_name("blockwise+onednn") == "blockwise+onednn"
-  for argv in (["--depths", "21"], ["--impls", "fast"], ["--depths", "x"],
-               ["--impls", "plain+cudnn"], ["--impls", "nofusion:8+onednn"]):
-    with pytest.raises(SystemExit):
-      step_profile.main(["--profile-depths", "--out", str(tmp_path / "r.json"),
-                         *argv])
-  # --plot-only draws a figure from an existing results file.
-  t = {"median_s": 1.0, "min_s": 1.0, "compile_s": 2.0}
-  results = {"batch": 128, "machine": "test", "load_range": [1, 2], "models": {
-      f"resnet{d}-nobn": {"depth": d, "bn": False,
-                          "load_average_1min": [1.0, 2.0], "timings": {
-          "plain": dict(t, median_s=d / 10), "torch_1t": t, "torch": t}}
-      for d in (20, 56)}}
-  out, fig = tmp_path / "r.json", tmp_path / "f.png"
-  out.write_text(json.dumps(results))
-  assert step_profile.main(["--profile-depths", "--plot-only", "--out", str(out),
-                            "--figure", str(fig)]) == 0
-  assert fig.stat().st_size > 10_000
-  table = step_profile.markdown_table(results)
-  assert "| ResNet-56 no BN | 5.60 (5.60x) |" in table
-  assert step_profile.best_peer({"torch_1t": {"median_s": 2.0},
-                                 "torch_2t": {"median_s": 1.0},
-                                 "plain": {"median_s": 0.1}}) == "torch_2t"
-
-
 @pytest.mark.parametrize("impl", ["plain", "blockwise"])
 def test_nonfinite_step_keeps_batchnorm_statistics(impl):
   # A NaN loss multiplier makes every gradient NaN while the forward pass
