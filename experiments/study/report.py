@@ -184,20 +184,19 @@ def _blocks(model: str) -> int:
 
 def paper_scale_estimate(bench: dict, scale: str = "paper") -> list[dict]:
   """Wall time of every ``scale`` run on the benchmark machine (training steps
-  only), from the step times in ``benchmarks/results/train_step.json`` (JAX,
-  ``impl=auto``, both cores); depths not benchmarked from a least-squares
-  line in the number of blocks (the step is linear in depth, see the
-  fast-training section of the README)."""
+  only), from the step times in ``benchmarks/results/train_step.json`` (the
+  step the experiments run on CPU, ``--step kernels`` with every option
+  ``auto``, float32, both cores; the newest row of each model); depths not
+  benchmarked from a least-squares line in the number of blocks (the step is
+  linear in depth, see the fast-training section of the README)."""
   from experiments.input_pipeline import steps_per_epoch
   from experiments.study.spec import study, SCALES
-  # The step the experiments run: impl, conv, batch_norm and relu "auto",
-  # float32.
-  measured = {(r["model"], r["bn"]): r["jax_step_s"] for r in bench["results"]
-              if r.get("impl") == "auto" and r.get("conv", "auto") == "auto"
-              and r.get("relu", "auto") == "auto"
-              and r.get("batch_norm", "auto") == "auto"
-              and r.get("precision", "float32") == "float32"
-              and r["model"].startswith("resnet")}
+  measured = {}
+  for r in sorted(bench["rows"], key=lambda r: r.get("machine", {}).get("date_utc", "")):
+    t = r["timings"].get("kernels")
+    if (t and r["settings"].get("precision", "float32") == "float32"
+        and r["model"].startswith("resnet")):
+      measured[(r["model"], r["bn"])] = t["median_s"]
   steps = SCALES[scale]["epochs"] * steps_per_epoch(50_000, 128)
   rows = {}
   for run in study(scale):

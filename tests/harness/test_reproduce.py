@@ -162,16 +162,21 @@ def test_committed_report_is_traceable():
 
 
 def test_paper_scale_estimate_uses_measured_steps_and_a_depth_line():
-  bench = {"results": [
-      {"model": "resnet20", "bn": False, "impl": "auto", "jax_step_s": 0.5},
-      {"model": "resnet56", "bn": False, "impl": "auto", "jax_step_s": 1.4},
-      {"model": "resnet110", "bn": False, "impl": "auto", "jax_step_s": 2.75},
-      {"model": "resnet110", "bn": True, "impl": "auto", "jax_step_s": 3.0},
-      {"model": "resnet20", "bn": False, "impl": "plain", "jax_step_s": 9.0},  # ignored
-      # Not the step the experiments run (non-default kernels): ignored too.
-      {"model": "resnet20", "bn": False, "impl": "auto", "relu": "xla", "jax_step_s": 9.0},
-      {"model": "resnet110", "bn": True, "impl": "auto", "batch_norm": "flax",
-       "jax_step_s": 9.0},
+  def row(model, bn, step, t, date="2026-12-04", precision="float32"):
+    return {"model": model, "bn": bn, "settings": {"precision": precision},
+            "machine": {"date_utc": date}, "timings": {step: {"median_s": t}}}
+
+  bench = {"rows": [
+      row("resnet20", False, "kernels", 0.5),
+      row("resnet20", False, "kernels", 7.0, date="2026-12-01"),  # older: superseded
+      row("resnet56", False, "kernels", 1.4),
+      row("resnet110", False, "kernels", 2.75),
+      row("resnet110", True, "kernels", 3.0),
+      # Not the step the experiments run (plain, non-default kernels, bfloat16): ignored.
+      row("resnet20", False, "plain", 9.0, date="2026-12-05"),
+      row("resnet20", False, "kernels:relu=xla", 9.0, date="2026-12-05"),
+      row("resnet110", True, "kernels:batch_norm=flax", 9.0, date="2026-12-05"),
+      row("resnet56", False, "kernels", 9.0, date="2026-12-05", precision="bfloat16"),
   ]}
   rows = {(r["model"], r["bn"]): r for r in reproduce_report.paper_scale_estimate(bench)}
   assert rows[("resnet20", False)]["step_seconds"] == 0.5
