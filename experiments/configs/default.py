@@ -162,8 +162,8 @@ def _choice(name: str, value: Any, choices) -> None:
 
 def step_choice(step: str) -> tuple[str, dict[str, str]]:
   """``(kind, options)`` of a ``step`` value: ``"auto"``, ``"plain"`` or
-  ``"kernels"`` with its ``OPTION=VALUE`` pairs (checked by
-  :func:`experiments.kernels.check_step_options`, which owns their names).
+  ``"kernels"`` with its ``OPTION=VALUE`` pairs (their names and values are
+  the kernels' own: :func:`experiments.training.loop.check_step` checks them).
 
   Example:
     >>> step_choice("kernels:conv=xla,impl=blockwise")
@@ -184,21 +184,6 @@ def step_choice(step: str) -> tuple[str, dict[str, str]]:
   return kind, options
 
 
-def _check_step(step: str) -> None:
-  kind, options = step_choice(step)
-  if kind != "kernels":
-    return
-  try:  # the kernels own their options' names; "kernels" needs the package itself
-    from experiments.kernels import check_step_options
-  except ImportError as e:
-    raise ConfigError(f"--step {step} needs the CPU speed layer experiments.kernels, which "
-                      f"does not import here ({e}); use --step auto or plain.") from None
-  try:
-    check_step_options(options)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
-
-
 def validate(cfg: Config) -> None:
   """Raises :class:`ConfigError` naming the flag and the fix."""
   from experiments.input_pipeline import DATASET_CHOICES, TFDS_DATASETS
@@ -209,7 +194,7 @@ def validate(cfg: Config) -> None:
   _choice("schedule", cfg.schedule, SCHEDULES)
   _choice("convention", cfg.convention, CONVENTIONS)
   _choice("regularizer", cfg.regularizer, REGULARIZERS)
-  _check_step(cfg.step)
+  step_choice(cfg.step)  # the kernels' own options are checked by training.loop.check_step
   _choice("precision", cfg.precision, PRECISIONS)
   ds = cfg.dataset
   if not (ds in TFDS_DATASETS or ds == "sample" or (ds.startswith("npz:") and len(ds) > 4)):

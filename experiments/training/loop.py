@@ -108,6 +108,26 @@ def _write_predictions(path: pathlib.Path, epoch: int, predictions: np.ndarray,
 _PLAIN = {"impl": "plain", "conv": "xla", "batch_norm": "flax", "relu": "xla"}
 
 
+def check_step(cfg: Config) -> None:
+  """Raises :class:`StepUnavailable` (a :class:`ConfigError`) when ``--step
+  kernels...`` cannot be honoured: the package does not import, or an option
+  is not one of its own (:func:`experiments.kernels.check_step_options`).
+  Called before anything is written."""
+  kind, options = step_choice(cfg.step)
+  if kind != "kernels":
+    return
+  try:
+    from experiments import kernels
+  except ImportError as e:
+    raise StepUnavailable(
+        f"--step {cfg.step} needs the CPU speed layer experiments.kernels, which does "
+        f"not import here ({e}); use --step auto or plain.") from None
+  try:
+    kernels.check_step_options(options)
+  except ValueError as e:
+    raise StepUnavailable(str(e)) from None
+
+
 def make_steps(cfg: Config, model, tx, mesh):
   """``(train_step, eval_step, info)``: the one place the CPU speed layer is reached.
 
@@ -179,6 +199,7 @@ def run(cfg: Config, log=print) -> dict:
   # process 0 writes files. The output directory must be shared storage, or
   # at least process 0's, which holds the checkpoint used to resume.
   is_main = jax.process_index() == 0
+  check_step(cfg)
   out = run_dir.prepare(cfg) if is_main else pathlib.Path(cfg.out)
   summary_path = out / "summary.json"
   if summary_path.exists():

@@ -24,6 +24,7 @@ from experiments.kernels.train_step import (
     TrainState, create_train_state, make_eval_step, make_train_step)
 
 from experiments.kernels import onednn as onednn_conv
+from experiments.training.loop import check_step
 
 FAST_IMPLS = ["nofusion", "blockwise"]
 # name -> (impl, conv, conv_grad_chunk); batch 8 in chunks of 4 = 2 chunks.
@@ -203,7 +204,7 @@ def test_onednn_batch_norm_step_equals_flax_batch_norm(setup, impl):
 
 
 def test_batch_norm_choice_resolution_and_errors(monkeypatch):
-  from experiments.configs.default import Config, ConfigError, validate
+  from experiments.configs.default import Config, ConfigError
   from experiments.train import config_from_argv
   bn_model = ResNet(8, 10, use_bn=True, rngs=nnx.Rngs(0))
   plain_model = ResNet(8, 10, use_bn=False, rngs=nnx.Rngs(0))
@@ -248,7 +249,7 @@ def test_batch_norm_choice_resolution_and_errors(monkeypatch):
   # The run config: an option of the one `step` field, checked by the kernels.
   assert config_from_argv(["--step", "kernels:batch_norm=flax"]).step == "kernels:batch_norm=flax"
   with pytest.raises(ConfigError, match="unknown batch_norm 'fast'; valid: auto, onednn, flax"):
-    validate(Config(step="kernels:batch_norm=fast"))
+    check_step(Config(step="kernels:batch_norm=fast"))
 
 
 @pytest.mark.parametrize("use_bn", [False, True], ids=["nobn", "bn"])
@@ -279,7 +280,7 @@ def test_blockwise_runs_of_blocks_map_every_leaf(monkeypatch, use_bn):
 
 
 def test_relu_choice_resolution_and_errors():
-  from experiments.configs.default import Config, ConfigError, validate
+  from experiments.configs.default import Config, ConfigError
   from experiments.train import config_from_argv
   bn_model = ResNet(8, 10, use_bn=True, rngs=nnx.Rngs(0))
   plain_model = ResNet(8, 10, use_bn=False, rngs=nnx.Rngs(0))
@@ -306,7 +307,7 @@ def test_relu_choice_resolution_and_errors():
   # The run config: an option of the one `step` field, checked by the kernels.
   assert config_from_argv(["--step", "kernels:relu=xla"]).step == "kernels:relu=xla"
   with pytest.raises(ConfigError, match="unknown relu 'fused'; valid: auto, onednn, xla"):
-    validate(Config(step="kernels:relu=fused"))
+    check_step(Config(step="kernels:relu=fused"))
 
 
 def test_chunked_conv_matches_lax_conv_gradients():
