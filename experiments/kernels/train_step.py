@@ -188,7 +188,8 @@ def _resolve_batch_norm_why(batch_norm: str, conv: str, precision: str, mesh,
   """(who computes the train-mode BatchNorm, why): ``"onednn"``
   (:mod:`experiments.kernels.batch_norm`) or ``"flax"`` (``nnx.BatchNorm``).
 
-  ``"auto"`` is ``"flax"`` (see the module docstring for the measurement).
+  ``"auto"`` is ``"onednn"`` with oneDNN convolutions in float32 (fused with the
+  ReLUs; see the module docstring), else ``"flax"``.
   """
   _check_batch_norm(batch_norm, "make_train_step")
   if batch_norm == "flax":

@@ -36,8 +36,8 @@ CONFIGS = {"plain": ("plain", "xla", None), "nofusion": ("nofusion", "xla", None
 # collection) and these cases skip, saying why, where they cannot be built.
 CONFIGS.update({f"{impl}+onednn": (impl, "onednn", None)
                 for impl in ("plain", "nofusion", "blockwise")})
-# The same with Flax's BatchNorm instead of oneDNN's (what batch_norm='auto'
-# picks with oneDNN convolutions in float32): only run on the model with BatchNorm.
+# The same with Flax's BatchNorm instead of oneDNN's (batch_norm='flax'; 'auto'
+# picks oneDNN's with oneDNN convolutions in float32): only run on the model with BatchNorm.
 FLAX_BN = "+flaxbn"
 CONFIGS.update({f"{impl}+onednn{FLAX_BN}": (impl, "onednn", None)
                 for impl in ("plain", "nofusion", "blockwise")})
