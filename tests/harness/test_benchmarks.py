@@ -130,6 +130,7 @@ def _copy_flax_to_torch(torch, model, tmodel):
       np.array(model.head.fc.bias[...]))
 
 
+@pytest.mark.slow  # two ResNets in two frameworks (~9 s idle)
 @pytest.mark.torch
 @pytest.mark.parametrize("bn", [False, True])
 def test_torch_peer_computes_the_same_function(torch, torch_peer, bn):
@@ -497,6 +498,7 @@ def test_train_step_report_groups_runs_and_names_same_kernels():
   assert report.fastest_torch({"timings": {"kernels": {"median_s": 1.0}}}) is None
 
 
+@pytest.mark.slow  # compiles every benchmark candidate (~9 s idle)
 @pytest.mark.torch
 def test_train_step_candidates_build_and_step(torch):
   """The candidates of a bfloat16 run with BN build (ResNet-8, batch 8;
@@ -579,6 +581,7 @@ sys.exit(pytest.main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # a pytest run in a subprocess (~12 s idle)
 def test_torch_free_tests_run_without_torch(tmp_path):
   """With torch unimportable, every unmarked test here runs and passes."""
   report = tmp_path / "report.xml"

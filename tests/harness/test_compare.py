@@ -17,6 +17,7 @@ def _row(result, opt, k):
   return next(r for r in result["rows"] if r["optimizer"] == opt and r["multiplier"] == k)
 
 
+@pytest.mark.slow  # the toy problem at three loss multipliers (~5 s idle)
 def test_loss_multiplier_moves_adam_l2_only():
   res = lm.run(lm.Config(steps=100, multipliers=(1.0, 10.0, 100.0)))
   assert lm.largest_change(res, "adamw") < 1e-4

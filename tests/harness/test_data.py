@@ -42,6 +42,7 @@ def test_embedded_sample_is_balanced_real_cifar():
   assert data.SAMPLE_PATH.stat().st_size < 6e6
 
 
+@pytest.mark.slow  # re-encodes the sample (~3 s idle)
 @pytest.mark.skipif(not CIFAR_DIR.exists(), reason="real CIFAR-10 not available")
 def test_make_sample_reproduces_the_embedded_sample(tmp_path):
   out = data.make_sample(str(CIFAR_DIR), tmp_path / "s.npz")

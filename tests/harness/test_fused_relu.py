@@ -19,6 +19,9 @@ from experiments.kernels import fused_relu
 from experiments.kernels import onednn as onednn_conv
 from experiments.models.resnet import ResNet
 
+# Compiles fused oneDNN kernels per shape: about 20 s idle, so with the long tests (CI runs them too).
+pytestmark = pytest.mark.slow
+
 DN = ("NHWC", "HWIO", "NHWC")
 
 

@@ -18,6 +18,9 @@ from jax import lax
 
 from experiments.kernels import onednn as onednn_conv
 
+# Builds and compiles oneDNN kernels: about 25 s idle, so with the long tests (CI runs them too).
+pytestmark = pytest.mark.slow
+
 DN = ("NHWC", "HWIO", "NHWC")
 
 

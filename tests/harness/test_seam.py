@@ -47,6 +47,7 @@ def _without_kernels(*args):
                         text=True, timeout=600)
 
 
+@pytest.mark.slow  # a whole CLI run in a subprocess (~22 s idle)
 def test_harness_trains_with_the_kernels_package_unimportable(tmp_path):
   out = tmp_path / "run"
   proc = _without_kernels(*TINY, "--out", str(out))

@@ -26,6 +26,11 @@ from experiments.kernels.train_step import (
 from experiments.kernels import onednn as onednn_conv
 from experiments.training.loop import check_step
 
+
+# Every step implementation compiled and compared with the plain step: about 90 s idle on 2 cores,
+# so with the long tests (`pytest -m slow`, which CI runs too).
+pytestmark = pytest.mark.slow
+
 FAST_IMPLS = ["nofusion", "blockwise"]
 # name -> (impl, conv, conv_grad_chunk); batch 8 in chunks of 4 = 2 chunks.
 # "plain" (XLA's convolutions, one jit) is the reference the others must equal.

@@ -11,6 +11,9 @@ from PIL import Image
 from experiments.tools import plot, sweep
 from experiments.training.checkpoint import load_arrays
 
+# Trains a grid of runs: with the long tests (CI runs them too).
+pytestmark = pytest.mark.slow
+
 TRAIN_FLAGS = ["--dataset", "sample", "--model", "resnet20", "--no-bn", "--epochs", "1",
                "--batch-size", "32", "--train-subset", "64", "--test-subset", "32",
                "--eval-batch-size", "32", "--optimizer", "adamw", "--convention", "paper",

@@ -30,6 +30,11 @@ from experiments.training import train_step as step_lib
 from experiments.training.checkpoint import CheckpointMismatch, load_arrays
 from experiments.training.optimizer import build_optimizer, histogram_of, optax_weight_decay
 
+
+# Runs of the whole loop and CLI (subprocesses, kills, resumes): about 95 s idle on 2 cores, so
+# with the long tests (`pytest -m slow`, which CI runs too).
+pytestmark = pytest.mark.slow
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 # Small and fast: 128 training images, 4 steps of 32 per epoch, 64 test images.

@@ -221,6 +221,7 @@ def test_proximal_keeps_low_precision_dtype_under_strict(dtype, reg):
 
 
 # ------------------------------------------------------------------ sharding
+@pytest.mark.slow  # 8 forced devices in a subprocess (~9 s idle)
 def test_sharded_over_8_devices_matches_unsharded():
   worker = os.path.join(os.path.dirname(__file__), "_sharding_worker.py")
   env = dict(os.environ)

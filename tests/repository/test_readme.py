@@ -93,6 +93,7 @@ def _python_blocks() -> list[tuple[str, str]]:
 BLOCKS = _python_blocks()
 
 
+@pytest.mark.slow  # one interpreter per block (~17 s idle); the blocks run in order in the default run
 @pytest.mark.parametrize("title,block", BLOCKS, ids=[t[:30] for t, _ in BLOCKS])
 def test_readme_python_block_runs_alone(title, block):
   if any(script == block for _, script in SECTIONS):
