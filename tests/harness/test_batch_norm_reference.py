@@ -53,15 +53,6 @@ LOSS_RTOL = 2e-6
 FLIP_MARGIN = 1e-4
 
 
-@pytest.fixture(scope="module")
-def kernels():
-  """Skips, saying why, where the oneDNN kernels cannot be built."""
-  try:
-    onednn.require()
-  except onednn.OneDNNUnavailable as e:
-    pytest.skip(str(e))
-
-
 def _grad_capture() -> optax.GradientTransformation:
   """Zero updates; the optimizer state is the step's gradient (to read it)."""
   return optax.GradientTransformation(
@@ -164,7 +155,7 @@ RUNS = {"plain": None,
 
 
 @pytest.mark.slow  # ~5 ResNet-20 compilations (float32 and float64)
-@pytest.mark.usefixtures("kernels")
+@pytest.mark.usefixtures("onednn")  # tests/harness/conftest.py: skips where it cannot be built
 def test_onednn_batch_norm_step_equals_float64_reference_on_its_relu_masks(monkeypatch):
   train, _, _ = load_sample()
   images, labels = train.images[:32], np.asarray(train.labels[:32], np.int32)

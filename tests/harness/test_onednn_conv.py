@@ -24,16 +24,6 @@ pytestmark = pytest.mark.slow
 DN = ("NHWC", "HWIO", "NHWC")
 
 
-@pytest.fixture(scope="module")
-def onednn():
-  """Builds the kernels (once, cached) or skips saying why they cannot be."""
-  try:
-    onednn_conv.require()
-  except onednn_conv.OneDNNUnavailable as e:
-    pytest.skip(str(e))
-  return onednn_conv
-
-
 needs_onednn = pytest.mark.usefixtures("onednn")
 
 
