@@ -132,12 +132,12 @@ DESCRIPTION = (
 
 def step_choices() -> dict[str, tuple[str, ...]]:
   """The options of a ``kernels:OPTION=VALUE,...`` step with their values:
-  ``make_train_step``'s own lists (plus ``chunk``, an int, not listed)."""
+  the experiments' own (:func:`experiments.kernels.step_option_choices`),
+  plus ``chunk``, an int, not listed."""
   # Imported here, not at the top: this module's measuring process must keep
   # freed memory before anything could start JAX's backend.
-  from experiments.kernels import train_step as kernels
-  return {"impl": kernels.IMPLS, "conv": kernels.CONVS,
-          "batch_norm": kernels.BATCH_NORMS, "relu": kernels.RELUS}
+  from experiments.kernels import step_option_choices
+  return step_option_choices()
 
 
 def parse_step(spec: str) -> dict | None:
