@@ -1,0 +1,78 @@
+"""Tests of ``experiments.tools.second_moment``: the summary's arithmetic on
+arrays with a known answer, and, end to end, that its gradients are the ones the
+train step saw (after one Adam step, v_hat = g^2 of that step exactly)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import train
+from experiments.tools import second_moment as sm
+from experiments.training import loop
+
+
+def test_summary_counts_shrink_and_spreads_on_known_arrays():
+  rng = np.random.default_rng(0)
+  g2 = {"a": rng.uniform(1e-6, 1e-2, 1000), "b": rng.uniform(1e-6, 1e-2, (10, 100))}
+  # a: v_hat = g2 (no memory); b: v_hat = 4^3 g2 (every step 3 octaves smaller).
+  nu = {"a": g2["a"].copy(), "b": 64.0 * g2["b"]}
+  mu = {k: 0.3 * np.sqrt(v) * rng.choice([-1, 1], v.shape) for k, v in g2.items()}
+  s = sm.memory_summary(mu, nu, g2, eps=0.0)
+  assert s["coordinates"] == s["with_ratio"] == 2000
+  assert s["share_step_shrunk_by_octaves"] == {"1": pytest.approx(0.5), "2": pytest.approx(0.5),
+                                                "4": 0.0}
+  assert s["log2_nu_over_g2_quantiles"]["p10"] == pytest.approx(0.0, abs=1e-12)
+  assert s["log2_nu_over_g2_quantiles"]["p90"] == pytest.approx(6.0)
+  # With g2 in place of v_hat every |u| is 0.3: no spread; with v_hat, half are 2^-3 of that.
+  assert s["direction_with_g2"] == {"iqr_octaves": pytest.approx(0.0, abs=1e-9),
+                                    "median_log2": pytest.approx(np.log2(0.3))}
+  assert s["direction"]["iqr_octaves"] == pytest.approx(3.0)
+  by_name = {l["name"]: l for l in s["layers"]}
+  assert by_name["b"]["log2_nu_over_g2_median"] == pytest.approx(6.0)
+  assert by_name["a"]["size"] == 1000 and by_name["b"]["size"] == 1000
+
+
+def test_coordinates_without_gradient_have_no_ratio_and_mismatch_is_refused():
+  g2 = {"w": np.array([0.0, 1.0, 4.0])}
+  nu = {"w": np.array([0.0, 4.0, 4.0])}
+  s = sm.memory_summary({"w": np.ones(3)}, nu, g2, eps=1e-8)
+  assert s["with_ratio"] == 2 and s["coordinates"] == 3
+  with pytest.raises(ValueError, match="same parameter paths"):
+    sm.memory_summary({"w": np.ones(3)}, nu, {"v": np.ones(3)}, eps=1e-8)
+
+
+def test_only_adam_aliases_are_accepted():
+  assert sm.adam_hyperparameters("adamw") == {"b1": 0.9, "b2": 0.999, "eps": 1e-8}
+  with pytest.raises(ValueError, match="not an Adam alias"):
+    sm.adam_hyperparameters("sgdw")
+
+
+@pytest.mark.slow
+def test_after_one_step_the_second_moment_is_the_measured_gradient_squared(tmp_path, capsys):
+  # One step of 32 images (one batch per epoch) at a negligible step size: the
+  # checkpoint's v_hat is g_1^2, and the tool, asked for epoch 1's first batch
+  # (same images, same augmentation key) at almost the same parameters, must
+  # measure that g_1^2. A wrong batch, key, bias correction or restored state fails.
+  out = tmp_path / "run"
+  cfg = train.config_from_argv([
+      "--dataset", "sample", "--model", "resnet20", "--no-bn", "--batch-size", "32",
+      "--train-subset", "32", "--test-subset", "32", "--eval-batch-size", "32",
+      "--optimizer", "adam_l2", "--lr", "1e-12", "--weight-decay", "0", "--epochs", "1",
+      "--step", "plain", "--no-progress", "--out", str(out)])
+  loop.run(cfg, log=lambda *_: None)
+  s = sm.measure(out, batches=1, epoch=1)
+  assert (s["adam_count"], s["checkpoint_epoch"], s["gradient_epoch"]) == (1, 1, 1)
+  q = s["log2_nu_over_g2_quantiles"]
+  assert abs(q["p10"]) < 1e-3 and abs(q["p90"]) < 1e-3, q
+  assert s["share_step_shrunk_by_octaves"]["1"] < 1e-3
+  # ...and the next epoch's batch (other images) is a different gradient.
+  other = sm.measure(out, batches=1, epoch=2)["log2_nu_over_g2_quantiles"]
+  assert other["p90"] - other["p10"] > 1.0, other
+  # The CLI writes the same summary.
+  assert sm.main([str(out), "--batches", "1", "--epoch", "1", "--out", str(tmp_path / "s.json")]) == 0
+  written = json.loads((tmp_path / "s.json").read_text())
+  assert written["log2_nu_over_g2_quantiles"] == pytest.approx(q)
+  assert "shrunk by >= 1 / 2 / 4 octaves" in capsys.readouterr().out
