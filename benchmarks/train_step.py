@@ -130,65 +130,49 @@ DESCRIPTION = (
     "describes every field)")
 
 
-def step_choices() -> dict[str, tuple[str, ...]]:
-  """The options of a ``kernels:OPTION=VALUE,...`` step with their values:
-  the experiments' own (:func:`experiments.kernels.step_option_choices`),
-  plus ``chunk``, an int, not listed."""
-  # Imported here, not at the top: this module's measuring process must keep
-  # freed memory before anything could start JAX's backend.
-  from experiments.kernels import step_option_choices
-  return step_option_choices()
-
-
 def parse_step(spec: str) -> dict | None:
   """Keyword arguments of ``experiments.kernels.train_step.make_train_step``
   for one ``--step``, or None for ``plain`` (``experiments.training.train_step``).
 
   Args:
     spec: ``"plain"``, ``"kernels"`` or ``"kernels:OPTION=VALUE,..."``
-      (the values of the experiments' ``--step``) with options ``impl``,
-      ``conv``, ``batch_norm``, ``relu`` and, here only, ``chunk``.
+      (the values of the experiments' ``--step``, split by
+      ``experiments.configs.default.step_choice`` and checked by
+      ``experiments.kernels.check_step_options``) plus, here only, ``chunk``.
 
   Returns:
     None for ``plain``; else a dict with only the given options (``chunk``
     as ``conv_grad_chunk``): ``{}`` for ``kernels``.
 
   Raises:
-    ValueError: another kind of step, an unknown option or value, an option
-      given twice, a negative or non-integer chunk, or a chunk with oneDNN's
-      convolutions.
+    ValueError: ``auto`` or another kind of step, an unknown option or value,
+      an option given twice, a negative or non-integer chunk, or a chunk with
+      oneDNN's convolutions.
 
   Example:
     >>> parse_step("kernels:impl=nofusion,conv=xla,chunk=8")
     {'impl': 'nofusion', 'conv': 'xla', 'conv_grad_chunk': 8}
   """
-  if spec == "plain":
+  # Imported here, not at the top: this module's measuring process must keep
+  # freed memory before anything could start JAX's backend.
+  from experiments.configs.default import step_choice
+  from experiments.kernels import check_step_options
+
+  kind, options = step_choice(spec)  # ConfigError is a ValueError
+  if kind == "plain":
     return None
-  kind, colon, rest = spec.partition(":")
-  if kind != "kernels" or (colon and not rest):
-    raise ValueError(f"step {spec!r}: use plain, kernels or kernels:OPTION=VALUE,...")
-  choices, kwargs = step_choices(), {}
-  for part in rest.split(",") if colon else ():
-    key, eq, value = part.partition("=")
-    arg = "conv_grad_chunk" if key == "chunk" else key
-    if not eq or (key != "chunk" and key not in choices):
-      raise ValueError(
-          f"step {spec!r}: {part!r} is not OPTION=VALUE with OPTION one of "
-          f"{', '.join(choices)}, chunk")
-    if arg in kwargs:
-      raise ValueError(f"step {spec!r}: {key} is given twice")
-    if key == "chunk":
-      kwargs[arg] = int(value) if value.isdigit() else -1
-      if kwargs[arg] < 0:
-        raise ValueError(f"step {spec!r}: chunk must be an int >= 0, got {value!r}")
-    elif value not in choices[key]:
-      raise ValueError(f"step {spec!r}: unknown {key} {value!r}; valid: "
-                       f"{', '.join(choices[key])}")
-    else:
-      kwargs[arg] = value
-  if kwargs.get("conv_grad_chunk") and kwargs.get("conv") == "onednn":
-    raise ValueError(f"step {spec!r}: chunk splits XLA's weight gradients; "
-                     "with conv=onednn oneDNN computes them whole")
+  if kind != "kernels":
+    raise ValueError(f"step {spec!r}: a benchmark compares named steps; use plain, kernels "
+                     "or kernels:OPTION=VALUE,...")
+  chunk = options.pop("chunk", None)
+  kwargs = check_step_options(options)
+  if chunk is not None:
+    if not chunk.isdigit():
+      raise ValueError(f"step {spec!r}: chunk must be an int >= 0, got {chunk!r}")
+    if options.get("conv") == "onednn" and int(chunk):
+      raise ValueError(f"step {spec!r}: chunk splits XLA's weight gradients; "
+                       "with conv=onednn oneDNN computes them whole")
+    kwargs["conv_grad_chunk"] = int(chunk)
   return kwargs
 
 

@@ -340,14 +340,14 @@ def test_train_step_parse_step():
   assert train_step.parse_step("kernels:relu=xla,batch_norm=flax") == {
       "relu": "xla", "batch_norm": "flax"}
   assert train_step.parse_step("kernels:chunk=0") == {"conv_grad_chunk": 0}
-  for bad, match in (("auto", "use plain, kernels"), ("kernels:", "use plain, kernels"),
-                     ("plain:conv=xla", "use plain, kernels"), ("kernels:fast", "OPTION=VALUE"),
+  for bad, match in (("auto", "use plain, kernels"), ("kernels:", "OPTION=VALUE"),
+                     ("plain:conv=xla", "unknown --step"), ("kernels:fast", "OPTION=VALUE"),
                      ("kernels:impl=fast", "unknown impl"),
                      ("kernels:conv=cudnn", "valid: auto, xla, onednn"),
                      ("kernels:chunk=-2", "int >= 0"), ("kernels:chunk=x", "int >= 0"),
-                     ("kernels:impl=plain,impl=nofusion", "twice"),
+                     ("kernels:impl=plain,impl=nofusion", "each option once"),
                      ("kernels:conv=onednn,chunk=8", "whole"),
-                     ("kernels:precision=bfloat16", "OPTION one of impl")):
+                     ("kernels:precision=bfloat16", "unknown option 'precision'")):
     with pytest.raises(ValueError, match=match):
       train_step.parse_step(bad)
 
