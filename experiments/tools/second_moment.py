@@ -22,6 +22,11 @@ This tool restores a run's latest checkpoint and measures, per coordinate,
   :math:`\hat v`: their spreads (inter-quartile range of :math:`\log_2|u|`, in
   octaves) say how much of the recorded spread is the second moment's memory.
 
+It also compares the weights with the run's initial ones (``weights_vs_init``:
+:math:`\|w\|/\|w_0\|`, the least-squares scale :math:`c` of :math:`w \approx c\,w_0`
+and the rest :math:`\|w - c\,w_0\|/\|w_0\|`, over all parameters): when the
+gradient steps are shrunk, a decoupled weight decay may be most of what moves the weights.
+
 ``b1``, ``b2`` and ``eps`` are the defaults of the run's proxopt alias (the
 experiments' config does not set them). Prints a summary and writes
 ``--out`` (JSON) when given.
@@ -85,6 +90,17 @@ def memory_summary(mu_hat: dict[str, np.ndarray], nu_hat: dict[str, np.ndarray],
   }
 
 
+def weights_vs_init(initial: dict[str, np.ndarray], final: dict[str, np.ndarray]) -> dict[str, float]:
+  """``norm_ratio`` |w|/|w0|, the least-squares ``scale`` c of w ~ c w0 and the
+  ``rest`` |w - c w0|/|w0|, over all leaves together."""
+  w0 = np.concatenate([np.asarray(initial[k], np.float64).ravel() for k in initial])
+  w = np.concatenate([np.asarray(final[k], np.float64).ravel() for k in initial])
+  n0 = np.linalg.norm(w0)
+  c = float(w @ w0 / n0**2)
+  return {"norm_ratio": float(np.linalg.norm(w) / n0), "scale": c,
+          "rest": float(np.linalg.norm(w - c * w0) / n0)}
+
+
 def adam_hyperparameters(optimizer: str) -> dict[str, float]:
   """``b1``, ``b2``, ``eps`` of the proxopt alias ``optimizer`` (its defaults)."""
   import proxopt
@@ -131,6 +147,7 @@ def measure(run: str | pathlib.Path, *, batches: int = 20, epoch: int | None = N
   model = make_model(cfg.model, num_classes=ds.num_classes, use_bn=cfg.use_bn,
                      seed=cfg.init_seed, zero_init_residual=cfg.zero_init_residual)
   tx, _, _ = build_optimizer(cfg, spe)
+  initial = step_lib.split(model)[1]
   checkpointer = Checkpointer(run / "checkpoints")
   try:
     state, meta = checkpointer.restore(step_lib.create_train_state(model, tx, seed=cfg.seed))
@@ -168,7 +185,7 @@ def measure(run: str | pathlib.Path, *, batches: int = 20, epoch: int | None = N
   mu_hat = {k: v / (1 - hp["b1"] ** count) for k, v in flat(optax.tree.get(state.opt_state, "mu")).items()}
   nu_hat = {k: v / (1 - hp["b2"] ** count) for k, v in flat(optax.tree.get(state.opt_state, "nu")).items()}
   g2 = {k: v / batches for k, v in flat(total).items()}
-  return {"run": run.name, "optimizer": cfg.optimizer, "checkpoint_epoch": int(meta["epoch"]),
+  return {"weights_vs_init": weights_vs_init(flat(initial), flat(state.params)),"run": run.name, "optimizer": cfg.optimizer, "checkpoint_epoch": int(meta["epoch"]),
           "adam_count": count, "gradient_epoch": epoch, "batches": batches, **hp,
           **memory_summary(mu_hat, nu_hat, g2, hp["eps"])}
 
@@ -196,6 +213,9 @@ def main(argv=None) -> int:
   for key, what in (("direction", "with nu_hat"), ("direction_with_g2", "with g2   ")):
     d = s[key]
     print(f"  Adam direction {what}: IQR {d['iqr_octaves']:.2f} octaves, median log2 {d['median_log2']:.2f}")
+  w = s["weights_vs_init"]
+  print(f"  weights vs initial: |w|/|w0| {w['norm_ratio']:.3f}, w = {w['scale']:.3f} w0 + a rest "
+        f"of {w['rest']:.3f} |w0|")
   if args.out:
     from experiments.files import write_json
     write_json(args.out, s)

@@ -44,6 +44,21 @@ def test_coordinates_without_gradient_have_no_ratio_and_mismatch_is_refused():
     sm.memory_summary({"w": np.ones(3)}, nu, {"v": np.ones(3)}, eps=1e-8)
 
 
+def test_weights_vs_init_separates_a_shrink_from_the_rest():
+  rng = np.random.default_rng(1)
+  w0 = {"a": rng.normal(size=(50, 4)), "b": rng.normal(size=30)}
+  ortho = {k: rng.normal(size=v.shape) for k, v in w0.items()}
+  flat0 = np.concatenate([v.ravel() for v in w0.values()])
+  flat1 = np.concatenate([v.ravel() for v in ortho.values()])
+  flat1 -= flat1 @ flat0 / (flat0 @ flat0) * flat0  # orthogonal to w0
+  off, rest = 0, {}
+  for k, v in w0.items():
+    rest[k] = flat1[off:off + v.size].reshape(v.shape); off += v.size
+  r = 0.3 * np.linalg.norm(flat0) / np.linalg.norm(flat1)
+  s = sm.weights_vs_init(w0, {k: 0.7 * w0[k] + r * rest[k] for k in w0})
+  assert s == pytest.approx({"scale": 0.7, "rest": 0.3, "norm_ratio": np.hypot(0.7, 0.3)})
+
+
 def test_only_adam_aliases_are_accepted():
   assert sm.adam_hyperparameters("adamw") == {"b1": 0.9, "b2": 0.999, "eps": 1e-8}
   with pytest.raises(ValueError, match="not an Adam alias"):
@@ -68,6 +83,8 @@ def test_after_one_step_the_second_moment_is_the_measured_gradient_squared(tmp_p
   q = s["log2_nu_over_g2_quantiles"]
   assert abs(q["p10"]) < 1e-3 and abs(q["p90"]) < 1e-3, q
   assert s["share_step_shrunk_by_octaves"]["1"] < 1e-3
+  # One step of 1e-12 leaves the weights where they started.
+  assert s["weights_vs_init"] == pytest.approx({"norm_ratio": 1.0, "scale": 1.0, "rest": 0.0}, abs=1e-6)
   # ...and the next epoch's batch (other images) is a different gradient.
   other = sm.measure(out, batches=1, epoch=2)["log2_nu_over_g2_quantiles"]
   assert other["p90"] - other["p10"] > 1.0, other
