@@ -62,6 +62,7 @@ def memory_summary(mu_hat: dict[str, np.ndarray], nu_hat: dict[str, np.ndarray],
   leaf by leaf (dicts keyed by parameter path) and over all coordinates."""
   if not (mu_hat.keys() == nu_hat.keys() == g2.keys()):
     raise ValueError("mu_hat, nu_hat and g2 must have the same parameter paths.")
+  med = lambda a: float(np.median(np.log2(a))) if a.size else None
   layers, ratios, u_nu, u_g2 = [], [], [], []
   for name in nu_hat:
     m, v, g = (np.asarray(a, np.float64).ravel() for a in (mu_hat[name], nu_hat[name], g2[name]))
@@ -71,7 +72,6 @@ def memory_summary(mu_hat: dict[str, np.ndarray], nu_hat: dict[str, np.ndarray],
     ratios.append(r)
     u_nu.append(m / (np.sqrt(v) + eps))
     u_g2.append(m / (np.sqrt(g) + eps))
-    med = lambda a: float(np.median(np.log2(a))) if a.size else None
     layers.append({"name": name, "size": int(v.size), "log2_nu_median": med(v[v > 0]),
                    "log2_g2_median": med(g[g > 0]), "log2_nu_over_g2_median": med(r)})
   r = np.concatenate(ratios)
@@ -127,7 +127,7 @@ def measure(run: str | pathlib.Path, *, batches: int = 20, epoch: int | None = N
   from experiments.input_pipeline.datasets import load_dataset, steps_per_epoch, train_batches
   from experiments.models import make_model
   from experiments.training import train_step as step_lib
-  from experiments.training.checkpoint import Checkpointer, path_of
+  from experiments.training.checkpoint import Checkpointer, flatten_by_path
   from experiments.training.optimizer import build_optimizer
 
   run = pathlib.Path(run)
@@ -144,6 +144,8 @@ def measure(run: str | pathlib.Path, *, batches: int = 20, epoch: int | None = N
   ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir, train_subset=cfg.train_subset,
                     val_size=cfg.val_size)
   spe = steps_per_epoch(len(ds.train), cfg.batch_size)
+  if batches > spe:
+    raise ValueError(f"--batches {batches} exceeds the {spe} batches of an epoch; lower it.")
   model = make_model(cfg.model, num_classes=ds.num_classes, use_bn=cfg.use_bn,
                      seed=cfg.init_seed, zero_init_residual=cfg.zero_init_residual)
   tx, _, _ = build_optimizer(cfg, spe)
@@ -154,8 +156,6 @@ def measure(run: str | pathlib.Path, *, batches: int = 20, epoch: int | None = N
   finally:
     checkpointer.close()
   epoch = meta["epoch"] + 1 if epoch is None else epoch
-  if batches > spe:
-    raise ValueError(f"--batches {batches} exceeds the {spe} batches of an epoch; lower it.")
 
   graphdef = step_lib.split(step_lib.model_view(model, cfg.precision, train=True))[0]
 
@@ -180,14 +180,14 @@ def measure(run: str | pathlib.Path, *, batches: int = 20, epoch: int | None = N
     total = sq if total is None else jax.tree.map(jnp.add, total, sq)
 
   count = int(optax.tree.get(state.opt_state, "count"))
-  flat = lambda tree: {path_of(p): np.asarray(v) for p, v in
-                       jax.tree_util.tree_flatten_with_path(tree)[0]}
+  flat = lambda tree: {k: np.asarray(v) for k, v in flatten_by_path(tree).items()}
   mu_hat = {k: v / (1 - hp["b1"] ** count) for k, v in flat(optax.tree.get(state.opt_state, "mu")).items()}
   nu_hat = {k: v / (1 - hp["b2"] ** count) for k, v in flat(optax.tree.get(state.opt_state, "nu")).items()}
   g2 = {k: v / batches for k, v in flat(total).items()}
-  return {"weights_vs_init": weights_vs_init(flat(initial), flat(state.params)),"run": run.name, "optimizer": cfg.optimizer, "checkpoint_epoch": int(meta["epoch"]),
+  return {"run": run.name, "optimizer": cfg.optimizer, "checkpoint_epoch": int(meta["epoch"]),
           "adam_count": count, "gradient_epoch": epoch, "batches": batches, **hp,
-          **memory_summary(mu_hat, nu_hat, g2, hp["eps"])}
+          **memory_summary(mu_hat, nu_hat, g2, hp["eps"]),
+          "weights_vs_init": weights_vs_init(flat(initial), flat(state.params))}
 
 
 def main(argv=None) -> int:
