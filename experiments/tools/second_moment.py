@@ -13,7 +13,8 @@ This tool restores a run's latest checkpoint and measures, per coordinate,
 
 - ``g2``: the mean of :math:`g^2` over the next ``--batches`` training batches
   the run would see (same data order and augmentation keys as the train step,
-  at the checkpoint's parameters);
+  at the checkpoint's parameters), where :math:`g` is the gradient Adam
+  receives: the loss gradient, plus :math:`\mathrm{wd}\,x` for Adam-L2;
 - ``nu_over_g2``: :math:`\hat v / \overline{g^2}` (1 when Adam's second moment
   tracks the current gradients; :math:`4^k` when it makes the step :math:`2^k`
   times smaller than they would);
@@ -123,12 +124,12 @@ def measure(run: str | pathlib.Path, *, batches: int = 20, epoch: int | None = N
   import optax
   from flax import nnx
 
-  from experiments.configs.default import Config
+  from experiments.configs.default import L2_COUPLED, Config
   from experiments.input_pipeline.datasets import load_dataset, steps_per_epoch, train_batches
   from experiments.models import make_model
   from experiments.training import train_step as step_lib
   from experiments.training.checkpoint import Checkpointer, flatten_by_path
-  from experiments.training.optimizer import build_optimizer
+  from experiments.training.optimizer import build_optimizer, optax_weight_decay
 
   run = pathlib.Path(run)
   if not (run / "config.json").exists():
@@ -158,6 +159,9 @@ def measure(run: str | pathlib.Path, *, batches: int = 20, epoch: int | None = N
   epoch = meta["epoch"] + 1 if epoch is None else epoch
 
   graphdef = step_lib.split(step_lib.model_view(model, cfg.precision, train=True))[0]
+  # Adam-L2 (unmasked in the experiments) adds wd * x to the gradient before
+  # Adam's moments; AdamW's decay is outside them.
+  l2 = optax_weight_decay(cfg) if cfg.optimizer in L2_COUPLED else 0.0
 
   @jax.jit
   def grad_sq(state, images, labels):
@@ -168,7 +172,8 @@ def measure(run: str | pathlib.Path, *, batches: int = 20, epoch: int | None = N
       logits = nnx.merge(graphdef, params, state.model_state)(x)
       return step_lib.loss_and_metrics(logits, labels, cfg.loss_multiplier)[0]
 
-    return jax.tree.map(jnp.square, jax.grad(loss_fn)(state.params))
+    grads = jax.grad(loss_fn)(state.params)
+    return jax.tree.map(lambda g, p: jnp.square(g + l2 * p), grads, state.params)
 
   total = None
   for j, (images, labels) in enumerate(train_batches(ds.train, cfg.batch_size, cfg.seed, epoch - 1)):

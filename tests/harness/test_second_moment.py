@@ -66,16 +66,19 @@ def test_only_adam_aliases_are_accepted():
 
 
 @pytest.mark.slow
-def test_after_one_step_the_second_moment_is_the_measured_gradient_squared(tmp_path, capsys):
+@pytest.mark.parametrize("weight_decay", ["0", "1"])
+def test_after_one_step_the_second_moment_is_the_measured_gradient_squared(tmp_path, capsys, weight_decay):
   # One step of 32 images (one batch per epoch) at a negligible step size: the
   # checkpoint's v_hat is g_1^2, and the tool, asked for epoch 1's first batch
   # (same images, same augmentation key) at almost the same parameters, must
-  # measure that g_1^2. A wrong batch, key, bias correction or restored state fails.
+  # measure that g_1^2. A wrong batch, key, bias correction or restored state fails;
+  # with Adam-L2's wd = 1 (wd * x comparable to the loss gradient) so does leaving
+  # the L2 term out of the g Adam receives.
   out = tmp_path / "run"
   cfg = train.config_from_argv([
       "--dataset", "sample", "--model", "resnet20", "--no-bn", "--batch-size", "32",
       "--train-subset", "32", "--test-subset", "32", "--eval-batch-size", "32",
-      "--optimizer", "adam_l2", "--lr", "1e-12", "--weight-decay", "0", "--epochs", "1",
+      "--optimizer", "adam_l2", "--lr", "1e-12", "--weight-decay", weight_decay, "--epochs", "1",
       "--step", "plain", "--no-progress", "--out", str(out)])
   loop.run(cfg, log=lambda *_: None)
   s = sm.measure(out, batches=1, epoch=1)
