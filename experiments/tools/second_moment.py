@@ -15,6 +15,8 @@ This tool restores a run's latest checkpoint and measures, per coordinate,
   the run would see (same data order and augmentation keys as the train step,
   at the checkpoint's parameters), where :math:`g` is the gradient Adam
   receives: the loss gradient, plus :math:`\mathrm{wd}\,x` for Adam-L2;
+- ``nu``: quantiles of :math:`\hat v` itself (Adam-L2's L2 term shrinks a
+  weight by :math:`\alpha\,\mathrm{wd}/\sqrt{\hat v}` per step);
 - ``nu_over_g2``: :math:`\hat v / \overline{g^2}` (1 when Adam's second moment
   tracks the current gradients; :math:`4^k` when it makes the step :math:`2^k`
   times smaller than they would);
@@ -78,12 +80,15 @@ def memory_summary(mu_hat: dict[str, np.ndarray], nu_hat: dict[str, np.ndarray],
   r = np.concatenate(ratios)
   lr = np.log2(r)
   shrink = 0.5 * lr  # octaves by which the step is smaller than with g2
+  nu_all = np.concatenate([np.asarray(v, np.float64).ravel() for v in nu_hat.values()])
+  quantiles = lambda x: dict(zip(("p10", "p25", "p50", "p75", "p90"),
+                                 map(float, np.percentile(x, [10, 25, 50, 75, 90]))))
   return {
       "coordinates": int(sum(l["size"] for l in layers)),
       "with_ratio": int(r.size),
-      "log2_nu_over_g2_quantiles": dict(zip(
-          ("p10", "p25", "p50", "p75", "p90"),
-          map(float, np.percentile(lr, [10, 25, 50, 75, 90])))),
+      "log2_nu_over_g2_quantiles": quantiles(lr),
+      # v_hat itself: alpha * wd / sqrt(v_hat) is what Adam-L2's L2 term shrinks a weight by per step.
+      "log2_nu_quantiles": quantiles(np.log2(nu_all[nu_all > 0])),
       "share_step_shrunk_by_octaves": {str(k): float(np.mean(shrink >= k)) for k in SHRINK_OCTAVES},
       "direction": log2_spread(np.concatenate(u_nu)),
       "direction_with_g2": log2_spread(np.concatenate(u_g2)),
@@ -213,6 +218,7 @@ def main(argv=None) -> int:
         f"g^2 over {s['batches']} batches of epoch {s['gradient_epoch']}:")
   print(f"  log2(nu_hat / g2): p10 {q['p10']:.2f}  p25 {q['p25']:.2f}  median {q['p50']:.2f}  "
         f"p75 {q['p75']:.2f}  p90 {q['p90']:.2f}")
+  print(f"  log2(nu_hat): median {s['log2_nu_quantiles']['p50']:.2f}")
   print("  share of coordinates whose step is shrunk by >= 1 / 2 / 4 octaves: "
         + " / ".join(f"{v:.3f}" for v in s["share_step_shrunk_by_octaves"].values()))
   for key, what in (("direction", "with nu_hat"), ("direction_with_g2", "with g2   ")):

@@ -40,6 +40,8 @@ def test_coordinates_without_gradient_have_no_ratio_and_mismatch_is_refused():
   nu = {"w": np.array([0.0, 4.0, 4.0])}
   s = sm.memory_summary({"w": np.ones(3)}, nu, g2, eps=1e-8)
   assert s["with_ratio"] == 2 and s["coordinates"] == 3
+  # v_hat's quantiles leave out the empty moment (else p10 would be -inf).
+  assert s["log2_nu_quantiles"] == {p: 2.0 for p in ("p10", "p25", "p50", "p75", "p90")}
   with pytest.raises(ValueError, match="same parameter paths"):
     sm.memory_summary({"w": np.ones(3)}, nu, {"v": np.ones(3)}, eps=1e-8)
 
