@@ -1,10 +1,12 @@
 """Tests of ``experiments.tools.second_moment``: the summary's arithmetic on
 arrays with a known answer, and, end to end, that its gradients are the ones the
-train step saw (after one Adam step, v_hat = g^2 of that step exactly)."""
+train step saw (after one Adam step, v_hat = g^2 of that step exactly), and that the
+report quotes the committed measurements."""
 
 from __future__ import annotations
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -98,3 +100,62 @@ def test_after_one_step_the_second_moment_is_the_measured_gradient_squared(tmp_p
   written = json.loads((tmp_path / "s.json").read_text())
   assert written["log2_nu_over_g2_quantiles"] == pytest.approx(q)
   assert "shrunk by >= 1 / 2 / 4 octaves" in capsys.readouterr().out
+
+
+def _report_table(text: str, header: str) -> dict[str, list[str]]:
+  """The rows (label -> cells) of the markdown table in ``text`` whose header row starts with ``header``."""
+  lines = text.splitlines()
+  start = next(i for i, l in enumerate(lines) if l.startswith(f"| {header} |"))
+  rows = {}
+  for line in lines[start:]:
+    if not line.startswith("|"):
+      break
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    rows[cells[0]] = cells[1:]
+  return rows
+
+
+def test_the_reports_second_moment_tables_are_the_committed_measurements():
+  # docs/reproduction.md quotes the tool's measurements by hand; each quoted cell must be
+  # what the committed JSON (and, for the decay and L2 columns, the committed run's own
+  # alpha and lambda) gives at the printed precision.
+  root = pathlib.Path(__file__).resolve().parents[2]
+  text = (root / "docs" / "reproduction.md").read_text()
+  measured = json.loads((root / "docs" / "results" / "paper_settings_second_moment.json").read_text())
+  runs = root / "docs" / "results" / "paper_settings"
+  pct = lambda x: f"{100 * x:.0f}%"
+  num = lambda x, f: format(x, f).replace("-", "−")
+  sci = lambda x: "{:.1e}".format(x).replace("e-0", "e-")
+
+  def check(header, run, rows):
+    table = _report_table(text, header)
+    cps = {c["checkpoint_epoch"]: c for c in measured["checkpoints"] if c["run"] == run}
+    epochs = [int(e) for e in table[header]]
+    assert epochs == sorted(cps), (header, epochs, sorted(cps))
+    cfg = json.loads((runs / f"{run}.json").read_text())["config"]
+    for label, cell in rows.items():
+      assert table[label] == [cell(cps[e], cfg) for e in epochs], label
+
+  check("AdamW, ResNet-56, seed 0, after epoch", "resnet56-nobn-adamw-s0", {
+      "median log2(v_hat / mean g^2)": lambda c, _: f"{c['log2_nu_over_g2_quantiles']['p50']:.1f}",
+      "coordinates whose step is shrunk >= 2x / >= 16x": lambda c, _: (
+          f"{pct(c['share_step_shrunk_by_octaves']['1'])} / {pct(c['share_step_shrunk_by_octaves']['4'])}"),
+      "update spread with v_hat (octaves; the recorded one)": lambda c, _: f"{c['direction']['iqr_octaves']:.2f}",
+      "update spread with mean g^2 in place of v_hat": lambda c, _: f"{c['direction_with_g2']['iqr_octaves']:.2f}",
+      "AdamW's weights: scale c of w ~ c w0 (decay alone: (1 + 5e-5)^-t)": lambda c, cfg: (
+          f"{c['weights_vs_init']['scale']:.3f} ({(1 + cfg['weight_decay']) ** -c['adam_count']:.3f})"),
+      "rest, norm of w - c w0 over that of w0": lambda c, _: f"{c['weights_vs_init']['rest']:.2f}",
+  })
+  check("Adam-L2, ResNet-56, seed 1, after epoch", "resnet56-nobn-adam_l2-s1", {
+      "median log2(v_hat / mean g^2)": lambda c, _: f"{c['log2_nu_over_g2_quantiles']['p50']:.1f}",
+      "coordinates whose step is shrunk >= 2x / >= 16x": lambda c, _: (
+          f"{pct(c['share_step_shrunk_by_octaves']['1'])} / {pct(c['share_step_shrunk_by_octaves']['4'])}"),
+      "update spread with v_hat (octaves) / with mean g^2 in its place": lambda c, _: (
+          f"{c['direction']['iqr_octaves']:.2f} / {c['direction_with_g2']['iqr_octaves']:.2f}"),
+      "median v_hat (log2)": lambda c, _: num(c["log2_nu_quantiles"]["p50"], ".1f"),
+      "shrink of a weight by the L2 term per step, alpha lambda / sqrt(v_hat), median coordinate "
+      "(AdamW's decay: 5e-5)": lambda c, cfg: sci(
+          cfg["lr"] * cfg["weight_decay"] / 2 ** (c["log2_nu_quantiles"]["p50"] / 2)),
+      "Adam-L2's weights: scale c of w ~ c w0 / rest": lambda c, _: (
+          f"{c['weights_vs_init']['scale']:.3f} / {c['weights_vs_init']['rest']:.2f}"),
+  })
