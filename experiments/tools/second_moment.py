@@ -15,8 +15,9 @@ This tool restores a run's latest checkpoint and measures, per coordinate,
   the run would see (same data order and augmentation keys as the train step,
   at the checkpoint's parameters), where :math:`g` is the gradient Adam
   receives: the loss gradient, plus :math:`\mathrm{wd}\,x` for Adam-L2;
-- ``nu``: quantiles of :math:`\hat v` itself (Adam-L2's L2 term shrinks a
-  weight by :math:`\alpha\,\mathrm{wd}/\sqrt{\hat v}` per step);
+- ``nu``: quantiles of :math:`\hat v` itself, and for Adam-L2 the per-step
+  shrink of its L2 term, :math:`s_t\,\mathrm{wd}/\sqrt{\hat v}` (median over
+  coordinates and weighted by :math:`x^2`: ``l2_shrink_per_step``);
 - ``nu_over_g2``: :math:`\hat v / \overline{g^2}` (1 when Adam's second moment
   tracks the current gradients; :math:`4^k` when it makes the step :math:`2^k`
   times smaller than they would);
@@ -107,6 +108,19 @@ def weights_vs_init(initial: dict[str, np.ndarray], final: dict[str, np.ndarray]
           "rest": float(np.linalg.norm(w - c * w0) / n0)}
 
 
+def l2_shrink_per_step(params: dict[str, np.ndarray], nu_hat: dict[str, np.ndarray],
+                       step_size: float, wd: float, eps: float) -> dict[str, float]:
+  """How much Adam-L2's L2 term shrinks the weights per step: for a weight
+  whose gradient is mostly ``wd * x`` over Adam's memory, the step removes the
+  fraction ``step_size * wd / (sqrt(v_hat) + eps)`` of it. ``median`` over
+  coordinates, and ``norm_weighted`` (weighted by x^2: the rate at which
+  ``|w|^2`` shrinks, which a few coordinates with a small v_hat can dominate)."""
+  x = np.concatenate([np.asarray(params[k], np.float64).ravel() for k in nu_hat])
+  v = np.concatenate([np.asarray(nu_hat[k], np.float64).ravel() for k in nu_hat])
+  rate = step_size * wd / (np.sqrt(v) + eps)
+  return {"median": float(np.median(rate)), "norm_weighted": float(np.sum(x**2 * rate) / np.sum(x**2))}
+
+
 def adam_hyperparameters(optimizer: str) -> dict[str, float]:
   """``b1``, ``b2``, ``eps`` of the proxopt alias ``optimizer`` (its defaults)."""
   import proxopt
@@ -154,7 +168,7 @@ def measure(run: str | pathlib.Path, *, batches: int = 20, epoch: int | None = N
     raise ValueError(f"--batches {batches} exceeds the {spe} batches of an epoch; lower it.")
   model = make_model(cfg.model, num_classes=ds.num_classes, use_bn=cfg.use_bn,
                      seed=cfg.init_seed, zero_init_residual=cfg.zero_init_residual)
-  tx, _, _ = build_optimizer(cfg, spe)
+  tx, plateau, learning_rate = build_optimizer(cfg, spe)
   initial = step_lib.split(model)[1]
   checkpointer = Checkpointer(run / "checkpoints")
   try:
@@ -194,10 +208,14 @@ def measure(run: str | pathlib.Path, *, batches: int = 20, epoch: int | None = N
   mu_hat = {k: v / (1 - hp["b1"] ** count) for k, v in flat(optax.tree.get(state.opt_state, "mu")).items()}
   nu_hat = {k: v / (1 - hp["b2"] ** count) for k, v in flat(optax.tree.get(state.opt_state, "nu")).items()}
   g2 = {k: v / batches for k, v in flat(total).items()}
+  extra = {}
+  if l2 and plateau is None:  # a plateau's step size lives in its own state; not read here
+    s_t = float(learning_rate(count) if callable(learning_rate) else learning_rate)
+    extra["l2_shrink_per_step"] = l2_shrink_per_step(flat(state.params), nu_hat, s_t, l2, hp["eps"])
   return {"run": run.name, "optimizer": cfg.optimizer, "checkpoint_epoch": int(meta["epoch"]),
           "adam_count": count, "gradient_epoch": epoch, "batches": batches, **hp,
           **memory_summary(mu_hat, nu_hat, g2, hp["eps"]),
-          "weights_vs_init": weights_vs_init(flat(initial), flat(state.params))}
+          "weights_vs_init": weights_vs_init(flat(initial), flat(state.params)), **extra}
 
 
 def main(argv=None) -> int:

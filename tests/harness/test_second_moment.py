@@ -63,6 +63,16 @@ def test_weights_vs_init_separates_a_shrink_from_the_rest():
   assert s == pytest.approx({"scale": 0.7, "rest": 0.3, "norm_ratio": np.hypot(0.7, 0.3)})
 
 
+def test_l2_shrink_is_the_step_size_times_wd_over_sqrt_v_weighted_by_the_squared_weights():
+  # Two coordinates: v_hat 1 (rate 1e-3 * 0.5 / 1) and 1e-4 (rate 5e-4 / 1e-2 = 0.05), the
+  # second holding 3/4 of |w|^2: the norm-weighted rate is 1/4 * 5e-4 + 3/4 * 0.05.
+  params = {"a": np.array([1.0]), "b": np.array([np.sqrt(3.0)])}
+  nu = {"a": np.array([1.0]), "b": np.array([1e-4])}
+  s = sm.l2_shrink_per_step(params, nu, step_size=1e-3, wd=0.5, eps=0.0)
+  assert s["norm_weighted"] == pytest.approx(0.25 * 5e-4 + 0.75 * 0.05)
+  assert s["median"] == pytest.approx((5e-4 + 0.05) / 2)
+
+
 def test_only_adam_aliases_are_accepted():
   assert sm.adam_hyperparameters("adamw") == {"b1": 0.9, "b2": 0.999, "eps": 1e-8}
   with pytest.raises(ValueError, match="not an Adam alias"):
@@ -100,6 +110,10 @@ def test_after_one_step_the_second_moment_is_the_measured_gradient_squared(tmp_p
   written = json.loads((tmp_path / "s.json").read_text())
   assert written["log2_nu_over_g2_quantiles"] == pytest.approx(q)
   assert "shrunk by >= 1 / 2 / 4 octaves" in capsys.readouterr().out
+  # Adam-L2 with wd > 0 reports its L2 term's shrink (1e-12 * 1 / sqrt(v_hat)); without wd it has none.
+  assert ("l2_shrink_per_step" in s) == (weight_decay != "0")
+  if weight_decay != "0":
+    assert 0 < s["l2_shrink_per_step"]["median"] < 1e-6
 
 
 def _report_table(text: str, header: str) -> dict[str, list[str]]:
