@@ -170,6 +170,8 @@ def test_the_reports_second_moment_tables_are_the_committed_measurements():
       "shrink of a weight by the L2 term per step, alpha lambda / sqrt(v_hat), median coordinate "
       "(AdamW's decay: 5e-5)": lambda c, cfg: sci(
           cfg["lr"] * cfg["weight_decay"] / 2 ** (c["log2_nu_quantiles"]["p50"] / 2)),
+      "the same weighted by x^2 (the rate at which the weights' squared norm shrinks)": lambda c, _: sci(
+          c["l2_shrink_per_step"]["norm_weighted"]),
       "Adam-L2's weights: scale c of w ~ c w0 / rest": lambda c, _: (
           f"{c['weights_vs_init']['scale']:.3f} / {c['weights_vs_init']['rest']:.2f}"),
   })
