@@ -60,6 +60,11 @@ def log2_spread(x: np.ndarray) -> dict[str, float]:
   return {"iqr_octaves": float(q75 - q25), "median_log2": float(q50)}
 
 
+def _concat(leaves: dict[str, np.ndarray], keys) -> np.ndarray:
+  """The leaves ``keys`` of a flat parameter dict as one float64 vector."""
+  return np.concatenate([np.asarray(leaves[k], np.float64).ravel() for k in keys])
+
+
 def memory_summary(mu_hat: dict[str, np.ndarray], nu_hat: dict[str, np.ndarray],
                    g2: dict[str, np.ndarray], eps: float) -> dict[str, Any]:
   """Compares Adam's bias-corrected moments with the mean squared gradient ``g2``,
@@ -81,7 +86,7 @@ def memory_summary(mu_hat: dict[str, np.ndarray], nu_hat: dict[str, np.ndarray],
   r = np.concatenate(ratios)
   lr = np.log2(r)
   shrink = 0.5 * lr  # octaves by which the step is smaller than with g2
-  nu_all = np.concatenate([np.asarray(v, np.float64).ravel() for v in nu_hat.values()])
+  nu_all = _concat(nu_hat, nu_hat)
   quantiles = lambda x: dict(zip(("p10", "p25", "p50", "p75", "p90"),
                                  map(float, np.percentile(x, [10, 25, 50, 75, 90]))))
   return {
@@ -100,8 +105,7 @@ def memory_summary(mu_hat: dict[str, np.ndarray], nu_hat: dict[str, np.ndarray],
 def weights_vs_init(initial: dict[str, np.ndarray], final: dict[str, np.ndarray]) -> dict[str, float]:
   """``norm_ratio`` |w|/|w0|, the least-squares ``scale`` c of w ~ c w0 and the
   ``rest`` |w - c w0|/|w0|, over all leaves together."""
-  w0 = np.concatenate([np.asarray(initial[k], np.float64).ravel() for k in initial])
-  w = np.concatenate([np.asarray(final[k], np.float64).ravel() for k in initial])
+  w0, w = _concat(initial, initial), _concat(final, initial)
   n0 = np.linalg.norm(w0)
   c = float(w @ w0 / n0**2)
   return {"norm_ratio": float(np.linalg.norm(w) / n0), "scale": c,
@@ -115,8 +119,7 @@ def l2_shrink_per_step(params: dict[str, np.ndarray], nu_hat: dict[str, np.ndarr
   fraction ``step_size * wd / (sqrt(v_hat) + eps)`` of it. ``median`` over
   coordinates, and ``norm_weighted`` (weighted by x^2: the rate at which
   ``|w|^2`` shrinks, which a few coordinates with a small v_hat can dominate)."""
-  x = np.concatenate([np.asarray(params[k], np.float64).ravel() for k in nu_hat])
-  v = np.concatenate([np.asarray(nu_hat[k], np.float64).ravel() for k in nu_hat])
+  x, v = _concat(params, nu_hat), _concat(nu_hat, nu_hat)
   rate = step_size * wd / (np.sqrt(v) + eps)
   return {"median": float(np.median(rate)), "norm_weighted": float(np.sum(x**2 * rate) / np.sum(x**2))}
 
@@ -208,14 +211,15 @@ def measure(run: str | pathlib.Path, *, batches: int = 20, epoch: int | None = N
   mu_hat = {k: v / (1 - hp["b1"] ** count) for k, v in flat(optax.tree.get(state.opt_state, "mu")).items()}
   nu_hat = {k: v / (1 - hp["b2"] ** count) for k, v in flat(optax.tree.get(state.opt_state, "nu")).items()}
   g2 = {k: v / batches for k, v in flat(total).items()}
+  params = flat(state.params)
   extra = {}
   if l2 and plateau is None:  # a plateau's step size lives in its own state; not read here
     s_t = float(learning_rate(count) if callable(learning_rate) else learning_rate)
-    extra["l2_shrink_per_step"] = l2_shrink_per_step(flat(state.params), nu_hat, s_t, l2, hp["eps"])
+    extra["l2_shrink_per_step"] = l2_shrink_per_step(params, nu_hat, s_t, l2, hp["eps"])
   return {"run": run.name, "optimizer": cfg.optimizer, "checkpoint_epoch": int(meta["epoch"]),
           "adam_count": count, "gradient_epoch": epoch, "batches": batches, **hp,
           **memory_summary(mu_hat, nu_hat, g2, hp["eps"]),
-          "weights_vs_init": weights_vs_init(flat(initial), flat(state.params)), **extra}
+          "weights_vs_init": weights_vs_init(flat(initial), params), **extra}
 
 
 def main(argv=None) -> int:
