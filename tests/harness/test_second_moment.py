@@ -150,21 +150,23 @@ def test_the_reports_second_moment_tables_are_the_committed_measurements():
     for label, cell in rows.items():
       assert table[label] == [cell(cps[e], cfg) for e in epochs], label
 
-  check("AdamW, ResNet-56, seed 0, after epoch", "resnet56-nobn-adamw-s0", {
+  # Every table opens with the memory's size and the share of steps it shrinks.
+  memory_rows = {
       "median log2(v_hat / mean g^2)": lambda c, _: f"{c['log2_nu_over_g2_quantiles']['p50']:.1f}",
       "coordinates whose step is shrunk >= 2x / >= 16x": lambda c, _: (
           f"{pct(c['share_step_shrunk_by_octaves']['1'])} / {pct(c['share_step_shrunk_by_octaves']['4'])}"),
+  }
+  check("AdamW, ResNet-56, seed 0, after epoch", "resnet56-nobn-adamw-s0", {
+      **memory_rows,
       "update spread with v_hat (octaves; the recorded one)": lambda c, _: f"{c['direction']['iqr_octaves']:.2f}",
       "update spread with mean g^2 in place of v_hat": lambda c, _: f"{c['direction_with_g2']['iqr_octaves']:.2f}",
       "AdamW's weights: scale c of w ~ c w0 (decay alone: (1 + 5e-5)^-t)": lambda c, cfg: (
           f"{c['weights_vs_init']['scale']:.3f} ({(1 + cfg['weight_decay']) ** -c['adam_count']:.3f})"),
       "rest, norm of w - c w0 over that of w0": lambda c, _: f"{c['weights_vs_init']['rest']:.2f}",
   })
-  # The seed-1 tables of both optimizers open with the same rows.
+  # The seed-1 tables of both optimizers go on with the same two rows.
   seed1_rows = {
-      "median log2(v_hat / mean g^2)": lambda c, _: f"{c['log2_nu_over_g2_quantiles']['p50']:.1f}",
-      "coordinates whose step is shrunk >= 2x / >= 16x": lambda c, _: (
-          f"{pct(c['share_step_shrunk_by_octaves']['1'])} / {pct(c['share_step_shrunk_by_octaves']['4'])}"),
+      **memory_rows,
       "update spread with v_hat (octaves) / with mean g^2 in its place": lambda c, _: (
           f"{c['direction']['iqr_octaves']:.2f} / {c['direction_with_g2']['iqr_octaves']:.2f}"),
       "median v_hat (log2)": lambda c, _: num(c["log2_nu_quantiles"]["p50"], ".1f"),
